@@ -1,0 +1,20 @@
+//! Stream names. One place builds them so that writers, readers and tools agree.
+
+use uuid::Uuid;
+
+/// Prefix of every learner's own stream.
+pub const USER_PREFIX: &str = "user-";
+/// Prefix of the name-reservation streams that make nicknames unique.
+pub const USERNAME_PREFIX: &str = "username-";
+/// The catalogue stream: every topic ever published.
+pub const CATALOG: &str = "catalog";
+
+/// The stream holding a learner's own facts (registration, renames, …).
+pub fn user(user_id: Uuid) -> String {
+    format!("{USER_PREFIX}{user_id}")
+}
+
+/// The reservation stream for a normalised nickname key (see the server's name rules).
+pub fn username(key: &str) -> String {
+    format!("{USERNAME_PREFIX}{key}")
+}

@@ -1,0 +1,189 @@
+//! Freezes the JSON of every event variant, and decodes stored payloads of older versions.
+//!
+//! A failing snapshot means a stored event's shape changed. Do not just regenerate: add a new
+//! schema version with an upcaster instead. To write snapshots for a *new* kind or version, run
+//! `UPDATE_SNAPSHOTS=1 cargo test -p teachback-events` and commit the new file.
+
+use std::path::PathBuf;
+
+use jiff::Timestamp;
+use teachback_events::{
+    CatalogEntry, ClientInfo, DeviceRegistered, Event, EventKind, Metadata, RecordedEvent,
+    TopicPublished, UserRenamed, UsernameClaimed, UsernameReleased,
+};
+use uuid::Uuid;
+
+fn uuid(n: u128) -> Uuid {
+    Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | n)
+}
+
+fn loc(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// One sample per kind; the exhaustive match makes a new kind fail to compile until it has one.
+fn sample(kind: EventKind) -> Event {
+    match kind {
+        EventKind::DeviceRegistered => Event::DeviceRegistered(DeviceRegistered {
+            user_id: uuid(1),
+            device_id: uuid(2),
+            name: "사용자k3f9qa".into(),
+            device_token_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                .into(),
+        }),
+        EventKind::UserRenamed => Event::UserRenamed(UserRenamed {
+            user_id: uuid(1),
+            name: "Ada".into(),
+            previous_name: "사용자k3f9qa".into(),
+        }),
+        EventKind::UsernameClaimed => Event::UsernameClaimed(UsernameClaimed {
+            user_id: uuid(1),
+            name: "Ada".into(),
+        }),
+        EventKind::UsernameReleased => {
+            Event::UsernameReleased(UsernameReleased { user_id: uuid(1) })
+        }
+        EventKind::TopicPublished => Event::TopicPublished(TopicPublished {
+            topic_id: "cs.networking.tcp-vs-udp".into(),
+            major: CatalogEntry {
+                id: "cs".into(),
+                name: loc(&[("en", "Computer Science"), ("ko", "컴퓨터공학")]),
+            },
+            subject: CatalogEntry {
+                id: "cs.networking".into(),
+                name: loc(&[("en", "Networking"), ("ko", "네트워크")]),
+            },
+            title: loc(&[("en", "TCP vs UDP"), ("ko", "TCP와 UDP")]),
+            description: loc(&[
+                ("en", "How the two transport protocols differ."),
+                ("ko", "두 전송 계층 프로토콜의 차이."),
+            ]),
+            key_concepts: [
+                (
+                    "en".to_string(),
+                    vec!["connection".to_string(), "reliability".to_string()],
+                ),
+                (
+                    "ko".to_string(),
+                    vec!["연결".to_string(), "신뢰성".to_string()],
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        }),
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name)
+}
+
+/// Compares `actual` with the committed file, or writes it when asked to.
+fn assert_snapshot(file: PathBuf, actual: &str) {
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() && !file.exists() {
+        std::fs::write(&file, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!(
+            "missing snapshot {} (see this file's header)",
+            file.display()
+        )
+    });
+    assert_eq!(
+        expected.trim_end(),
+        actual.trim_end(),
+        "snapshot {} changed: add a schema version and an upcaster instead",
+        file.display()
+    );
+}
+
+#[test]
+fn every_event_variant_serialises_exactly_as_its_snapshot() {
+    for &kind in EventKind::ALL {
+        let event = sample(kind);
+        let doc = serde_json::json!({
+            "type": kind.type_name(),
+            "schemaVersion": kind.schema_version(),
+            "payload": event.to_payload(),
+        });
+        let text = serde_json::to_string_pretty(&doc).unwrap();
+        assert_snapshot(
+            dir("snapshots").join(format!(
+                "{}.v{}.json",
+                kind.type_name(),
+                kind.schema_version()
+            )),
+            &text,
+        );
+        // And the snapshot decodes back to the same event.
+        let decoded = Event::decode(
+            kind.type_name(),
+            kind.schema_version(),
+            doc["payload"].clone(),
+        )
+        .unwrap();
+        assert_eq!(decoded, event);
+    }
+}
+
+#[test]
+fn the_recorded_envelope_serialises_exactly_as_its_snapshot() {
+    let recorded = RecordedEvent {
+        position: 42,
+        id: uuid(9),
+        stream: "user-01900000-0000-7000-8000-000000000001".into(),
+        stream_version: 0,
+        event_type: "UsernameReleased".into(),
+        schema_version: 1,
+        recorded_at: "2026-11-22T03:04:05.123456Z".parse::<Timestamp>().unwrap(),
+        metadata: Metadata {
+            correlation_id: Some(uuid(10)),
+            causation_id: Some(uuid(11)),
+            acting_user: Some(uuid(1)),
+            client: Some(ClientInfo {
+                platform: Some("android".into()),
+                app_version: Some("1.4.0".into()),
+                device_model: Some("Pixel 8".into()),
+                user_agent: None,
+            }),
+        },
+        payload: sample(EventKind::UsernameReleased).to_payload(),
+    };
+    let text = serde_json::to_string_pretty(&recorded).unwrap();
+    assert_snapshot(dir("snapshots").join("RecordedEvent.json"), &text);
+    let back: RecordedEvent = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, recorded);
+}
+
+#[test]
+fn a_stored_v1_topic_is_upcast_to_the_current_shape_with_no_key_concepts() {
+    let stored: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("stored").join("TopicPublished.v1.json")).unwrap(),
+    )
+    .unwrap();
+    let event = Event::decode("TopicPublished", 1, stored).unwrap();
+    let Event::TopicPublished(topic) = event else {
+        panic!("decoded to the wrong kind: {event:?}");
+    };
+    assert_eq!(topic.topic_id, "cs.os.process-vs-thread");
+    assert_eq!(topic.title["ko"], "프로세스와 스레드");
+    assert!(topic.key_concepts.is_empty());
+}
+
+#[test]
+fn unknown_types_and_mismatched_payloads_are_decode_errors() {
+    assert!(Event::decode("LectureTeleported", 1, serde_json::json!({})).is_err());
+    let err = Event::decode(
+        "UserRenamed",
+        1,
+        serde_json::json!({"userId": "not-a-uuid"}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("UserRenamed"), "{err}");
+}

@@ -1,0 +1,23 @@
+//! TeachBack's projections: pure folds from recorded events to read-model changes. No IO.
+//!
+//! A projection here turns one [`RecordedEvent`] into a list of typed changes. The server's
+//! projection runner writes those changes to SQL together with its checkpoint in one
+//! transaction; tests fold them into the in-memory views defined here, which also serve as the
+//! reference the SQL read models are compared against.
+//!
+//! # Layout
+//! - [`users`]: learners and their devices (the `users` and `devices` read models).
+
+pub mod users;
+
+use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};
+
+/// Decodes an event if this build knows its type. Types a projection has never heard of (written
+/// by a newer build) are skipped; a known type that fails to decode is an error, because
+/// silently skipping it would make the read model wrong.
+pub fn decode_known(event: &RecordedEvent) -> Result<Option<Event>, DecodeError> {
+    if EventKind::from_type_name(&event.event_type).is_none() {
+        return Ok(None);
+    }
+    event.decode().map(Some)
+}

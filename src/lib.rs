@@ -1,0 +1,15 @@
+//! TeachBack: learn by teaching. The server and CLI crate.
+//!
+//! # Layout (in reading order)
+//! - [`config`]: typed configuration from flags and `TEACHBACK_*` environment variables.
+//! - [`db`]: connecting to SQLite or PostgreSQL, migrations, one query text for both.
+//! - [`store`]: the event store: optimistic appends with group commit, reads, subscriptions.
+//! - [`projection`]: the checkpointed projection runner and the SQL read models it maintains.
+//! - [`auth`]: access tokens (JWT), device tokens, the signing secret.
+//! - [`users`]: learners' commands: register a device, rename (with unique names).
+//! - [`http`]: the HTTP API: routes, errors, extractors.
+//! - [`app`]: wiring it all together, serving until shutdown.
+//! - [`cli`]: the `teachback` command line.
+
+pub mod db;
+pub mod store;

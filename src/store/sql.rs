@@ -1,0 +1,110 @@
+//! The SQL backend: SQLite or PostgreSQL behind one [`Backend`]. Reads are the same SQL on both;
+//! only the append transaction differs (see `sqlite.rs` and `postgres.rs`).
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use teachback_events::RecordedEvent;
+
+use super::row::{self, COLUMNS, EventRow, prefix_len, to_db};
+use super::{AppendError, AppendOutcome, Backend, Direction, PreparedAppend, StoreError};
+use crate::db::Db;
+use crate::with_pool;
+
+pub struct SqlBackend {
+    db: Db,
+}
+
+impl SqlBackend {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl Backend for SqlBackend {
+    async fn append_batch(
+        &self,
+        batch: &[PreparedAppend],
+        now: Timestamp,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        match &self.db {
+            Db::Sqlite(pool) => super::sqlite::append_batch(pool, batch, now).await,
+            Db::Postgres(pool) => super::postgres::append_batch(pool, batch, now).await,
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = match direction {
+            Direction::Forwards => format!(
+                "SELECT {COLUMNS} FROM events WHERE stream = $1 AND version >= $2 \
+                 ORDER BY version LIMIT $3"
+            ),
+            Direction::Backwards => format!(
+                "SELECT {COLUMNS} FROM events WHERE stream = $1 AND version <= $2 \
+                 ORDER BY version DESC LIMIT $3"
+            ),
+        };
+        let rows: Vec<EventRow> = with_pool!(&self.db, pool => {
+            sqlx::query_as(&sql)
+                .bind(stream)
+                .bind(to_db(from))
+                .bind(to_db(limit as u64))
+                .fetch_all(pool)
+                .await?
+        });
+        row::into_recorded(rows)
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+        prefix: Option<&str>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventRow> = match prefix {
+            None => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+                );
+                with_pool!(&self.db, pool => {
+                    sqlx::query_as(&sql)
+                        .bind(to_db(after))
+                        .bind(to_db(limit as u64))
+                        .fetch_all(pool)
+                        .await?
+                })
+            }
+            Some(prefix) => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM events WHERE position > $1 \
+                     AND substr(stream, 1, $3) = $4 ORDER BY position LIMIT $2"
+                );
+                with_pool!(&self.db, pool => {
+                    sqlx::query_as(&sql)
+                        .bind(to_db(after))
+                        .bind(to_db(limit as u64))
+                        .bind(prefix_len(prefix))
+                        .bind(prefix)
+                        .fetch_all(pool)
+                        .await?
+                })
+            }
+        };
+        row::into_recorded(rows)
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        let head: i64 = with_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(head as u64)
+    }
+}
