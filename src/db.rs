@@ -147,3 +147,45 @@ impl Db {
         with_pool!(self, pool => pool.close().await)
     }
 }
+
+/// A write transaction on either database. On SQLite it holds the write lock from the start
+/// (`BEGIN IMMEDIATE`), so it never fails half-way on a lock upgrade.
+pub enum DbTx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection, once per dialect.
+#[macro_export]
+macro_rules! with_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::DbTx::Sqlite(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+            $crate::db::DbTx::Postgres(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    pub async fn begin_write(&self) -> Result<DbTx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => DbTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => DbTx::Postgres(pool.begin().await?),
+        })
+    }
+}
+
+impl DbTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            DbTx::Sqlite(t) => t.commit().await,
+            DbTx::Postgres(t) => t.commit().await,
+        }
+    }
+}

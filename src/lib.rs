@@ -11,5 +11,12 @@
 //! - [`app`]: wiring it all together, serving until shutdown.
 //! - [`cli`]: the `teachback` command line.
 
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
 pub mod db;
+pub mod http;
+pub mod projection;
 pub mod store;
+pub mod users;

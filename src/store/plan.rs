@@ -79,30 +79,112 @@ pub(crate) struct Lookup {
     pub existing: HashMap<Uuid, Existing>,
 }
 
+/// One row of the combined lookup query both SQL backends run: `kind` 0 is the head position
+/// (in `a`), 1 a stream's current version (`stream`, `a`; `a` is NULL for a missing stream), 2 a
+/// stored id (`id`, `stream`, version in `a`, position in `b`).
+pub(crate) type LookupRow = (i32, Option<String>, Option<i64>, Option<i64>, Option<Uuid>);
+
 impl Lookup {
-    /// Builds a lookup from the raw query results both SQL backends produce.
-    pub(crate) fn from_rows(
-        head: i64,
-        versions: Vec<(String, Option<i64>)>,
-        existing: Vec<(Uuid, String, i64, i64)>,
-    ) -> Lookup {
-        Lookup {
-            head: head as u64,
-            versions: versions
-                .into_iter()
-                .filter_map(|(s, v)| v.map(|v| (s, v as u64)))
-                .collect(),
-            existing: existing
-                .into_iter()
-                .map(|(id, stream, version, position)| {
+    /// Builds a lookup from the rows of the combined lookup query.
+    pub(crate) fn from_rows(rows: Vec<LookupRow>) -> Lookup {
+        let mut lookup = Lookup::default();
+        for (kind, stream, a, b, id) in rows {
+            match (kind, stream, a, b, id) {
+                (0, _, Some(head), _, _) => lookup.head = head as u64,
+                (1, Some(stream), Some(version), _, _) => {
+                    lookup.versions.insert(stream, version as u64);
+                }
+                (2, Some(stream), Some(version), Some(position), Some(id)) => {
                     let found = Existing {
                         stream,
                         version: version as u64,
                         position: position as u64,
                     };
-                    (id, found)
-                })
-                .collect(),
+                    lookup.existing.insert(id, found);
+                }
+                _ => {}
+            }
+        }
+        lookup
+    }
+}
+
+/// The group-commit writer's memory of each stream's last version, so the common append needs no
+/// lookup at all. It can be stale (another process appended); that is always caught: a stale entry
+/// makes the insert hit the `(stream, version)` unique constraint, or makes the plan refuse a
+/// request, and both send the batch down the authoritative path, which reads the database.
+#[derive(Debug, Default)]
+pub struct VersionCache {
+    versions: HashMap<String, u64>,
+}
+
+/// Entries kept before the cache starts over (it refills from appends and lookups).
+const VERSION_CACHE_LIMIT: usize = 200_000;
+
+impl VersionCache {
+    /// Streams of the batch the cache knows nothing about.
+    pub(crate) fn missing<'a>(&self, streams: &[&'a str]) -> Vec<&'a str> {
+        streams
+            .iter()
+            .copied()
+            .filter(|s| !self.versions.contains_key(*s))
+            .collect()
+    }
+
+    /// Adds the cached versions of the batch's streams to a lookup.
+    pub(crate) fn fill(&self, streams: &[&str], lookup: &mut Lookup) {
+        for s in streams {
+            if let Some(v) = self.versions.get(*s) {
+                lookup.versions.entry((*s).to_owned()).or_insert(*v);
+            }
+        }
+    }
+
+    /// Remembers what a committed batch wrote and what a lookup read.
+    pub(crate) fn learn(
+        &mut self,
+        lookup: &Lookup,
+        results: &[Result<AppendOutcome, AppendError>],
+    ) {
+        if self.versions.len() > VERSION_CACHE_LIMIT {
+            self.versions.clear();
+        }
+        for (stream, version) in &lookup.versions {
+            self.versions.insert(stream.clone(), *version);
+        }
+        for outcome in results.iter().flatten() {
+            for a in &outcome.streams {
+                let v = self.versions.entry(a.stream.clone()).or_insert(a.version);
+                *v = (*v).max(a.version);
+            }
+        }
+    }
+
+    /// Forgets the batch's streams (after a conflict showed the cache was stale).
+    pub(crate) fn forget(&mut self, streams: &[&str]) {
+        for s in streams {
+            self.versions.remove(*s);
+        }
+    }
+}
+
+/// Which way a batch is being decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// From the version cache, without looking up ids: only accepted if nothing is refused and
+    /// no unique constraint fires.
+    Fast,
+    /// From a full lookup under the write lock: always right.
+    Authoritative,
+}
+
+/// Shifts every position in the answers by `delta` (the fast path plans positions from 0 and
+/// learns the real head from the insert).
+pub(crate) fn shift_positions(results: &mut [Result<AppendOutcome, AppendError>], delta: u64) {
+    for outcome in results.iter_mut().flatten() {
+        outcome.position += delta;
+        for a in &mut outcome.streams {
+            a.position += delta;
         }
     }
 }

@@ -6,7 +6,9 @@ use jiff::Timestamp;
 use teachback_events::RecordedEvent;
 
 use super::row::{self, COLUMNS, EventRow, prefix_len, to_db};
-use super::{AppendError, AppendOutcome, Backend, Direction, PreparedAppend, StoreError};
+use super::{
+    AppendError, AppendOutcome, Backend, Direction, PreparedAppend, StoreError, VersionCache,
+};
 use crate::db::Db;
 use crate::with_pool;
 
@@ -26,10 +28,11 @@ impl Backend for SqlBackend {
         &self,
         batch: &[PreparedAppend],
         now: Timestamp,
+        cache: &mut VersionCache,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         match &self.db {
-            Db::Sqlite(pool) => super::sqlite::append_batch(pool, batch, now).await,
-            Db::Postgres(pool) => super::postgres::append_batch(pool, batch, now).await,
+            Db::Sqlite(pool) => super::sqlite::append_batch(pool, batch, now, cache).await,
+            Db::Postgres(pool) => super::postgres::append_batch(pool, batch, now, cache).await,
         }
     }
 

@@ -1,57 +1,88 @@
-//! The SQLite backend: the embedded default. One file, WAL journal, `synchronous=FULL`.
+//! The SQLite backend's append. One file, WAL journal, `synchronous=FULL`.
 //!
 //! SQLite has one writer at a time, so taking the write lock up front (`BEGIN IMMEDIATE`) makes
 //! position order equal commit order: a reader tailing by position can never skip an event.
 
 use jiff::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
-use uuid::Uuid;
 
-use super::plan::{self, Lookup};
-use super::{AppendError, AppendOutcome, PreparedAppend, StoreError};
+use super::plan::{self, Lookup, LookupRow, Path, VersionCache};
+use super::{AppendError, AppendOutcome, PreparedAppend, StoreError, is_unique_violation};
 
 /// Nine columns a row; SQLite allows 32,766 bound values per statement.
 const INSERT_CHUNK: usize = 1_000;
 
-/// Checks and writes a batch in one `BEGIN IMMEDIATE` transaction.
+type Answers = Vec<Result<AppendOutcome, AppendError>>;
+
+/// Checks and writes a batch in one `BEGIN IMMEDIATE` transaction: first from the version cache,
+/// and again from a full lookup if the cache may have misled (see [`VersionCache`]).
 pub(crate) async fn append_batch(
     pool: &SqlitePool,
     batch: &[PreparedAppend],
     now: Timestamp,
-) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    cache: &mut VersionCache,
+) -> Result<Answers, StoreError> {
+    let streams = plan::streams_of(batch);
+    if let Some(answers) = attempt(pool, batch, now, cache, &streams, Path::Fast).await? {
+        return Ok(answers);
+    }
+    cache.forget(&streams);
+    attempt(pool, batch, now, cache, &streams, Path::Authoritative)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Conflict("a unique constraint failed under the write lock".into())
+        })
+}
 
-    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
-    let streams = serde_json::to_string(&plan::streams_of(batch)).expect("strings serialise");
-    // The correlated MAX uses the (stream, version) index: one seek per stream.
-    let versions: Vec<(String, Option<i64>)> = sqlx::query_as(
-        "SELECT s.value, (SELECT MAX(version) FROM events WHERE stream = s.value) \
-             FROM json_each($1) AS s",
+/// `Ok(None)`: the fast path could not decide; nothing was written.
+async fn attempt(
+    pool: &SqlitePool,
+    batch: &[PreparedAppend],
+    now: Timestamp,
+    cache: &mut VersionCache,
+    streams: &[&str],
+    path: Path,
+) -> Result<Option<Answers>, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    // Head and stream versions (and on the authoritative path, already-stored ids) in one round
+    // trip, inside the write lock. The correlated MAX seeks the (stream, version) index.
+    let (lookup_streams, ids) = match path {
+        Path::Fast => (cache.missing(streams), Vec::new()),
+        Path::Authoritative => (
+            streams.to_vec(),
+            plan::ids_of(batch)
+                .iter()
+                .map(|id| id.simple().to_string())
+                .collect(),
+        ),
+    };
+    let found: Vec<LookupRow> = sqlx::query_as(
+        "SELECT 0, NULL, (SELECT COALESCE(MAX(position), 0) FROM events), NULL, NULL \
+         UNION ALL \
+         SELECT 1, s.value, (SELECT MAX(version) FROM events WHERE stream = s.value), NULL, NULL \
+         FROM json_each($1) AS s \
+         UNION ALL \
+         SELECT 2, stream, version, position, id FROM events \
+         WHERE id IN (SELECT unhex(value) FROM json_each($2))",
     )
-    .bind(streams)
-    .fetch_all(&mut *tx)
-    .await?;
-    let ids: Vec<String> = plan::ids_of(batch)
-        .iter()
-        .map(|id| id.simple().to_string())
-        .collect();
-    let existing: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
-        "SELECT id, stream, version, position FROM events \
-             WHERE id IN (SELECT unhex(value) FROM json_each($1))",
-    )
+    .bind(serde_json::to_string(&lookup_streams).expect("strings serialise"))
     .bind(serde_json::to_string(&ids).expect("strings serialise"))
     .fetch_all(&mut *tx)
     .await?;
-
-    let lookup = Lookup::from_rows(head, versions, existing);
+    let mut lookup = Lookup::from_rows(found);
+    if path == Path::Fast {
+        cache.fill(streams, &mut lookup);
+    }
     let (rows, results) = plan::plan(batch, &lookup, now.as_microsecond());
+    if path == Path::Fast && results.iter().any(Result::is_err) {
+        // A refusal might come from a stale cache or a retried id: decide it authoritatively.
+        return Ok(None);
+    }
 
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO events (position, id, stream, version, event_type, schema_version, \
-                 recorded_at, metadata, payload) ",
+             recorded_at, metadata, payload) ",
         );
         insert.push_values(chunk, |mut b, r| {
             b.push_bind(r.position as i64)
@@ -64,8 +95,14 @@ pub(crate) async fn append_batch(
                 .push_bind(r.metadata)
                 .push_bind(r.payload);
         });
-        insert.build().execute(&mut *tx).await?;
+        match insert.build().execute(&mut *tx).await {
+            Ok(_) => {}
+            // A stale cached version, or an id stored before: roll back, decide authoritatively.
+            Err(e) if path == Path::Fast && is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     }
     tx.commit().await?;
-    Ok(results)
+    cache.learn(&lookup, &results);
+    Ok(Some(results))
 }

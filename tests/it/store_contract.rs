@@ -24,6 +24,7 @@ crate::on_both_backends!(
     a_subscriber_resumes_from_its_checkpoint_after_a_restart,
     writers_in_two_processes_never_make_a_tailing_reader_skip_an_event,
     caught_up_comes_after_the_backlog_and_before_live_events,
+    a_writer_whose_cached_versions_went_stale_never_misplaces_or_misjudges_an_append,
 );
 
 /// A 200-byte-ish test event.
@@ -509,4 +510,74 @@ async fn caught_up_comes_after_the_backlog_and_before_live_events(db: &TestDb) {
 #[allow(dead_code)]
 fn _assert_store_is_send_sync(s: EventStore) -> impl Send + Sync {
     s
+}
+
+async fn a_writer_whose_cached_versions_went_stale_never_misplaces_or_misjudges_an_append(
+    db: &TestDb,
+) {
+    let a = db.store().await;
+    let b = store_on(db.reconnect().await).await;
+    // `a` learns that `s` is at version 0; `b` then moves it to version 2 behind a's back.
+    a.append_to_stream("s", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    b.append_to_stream("s", ExpectedVersion::Exact(0), events(2))
+        .await
+        .unwrap();
+
+    // a's cache says 0: an `Any` append must still land at 3, not collide or overwrite.
+    let any = a
+        .append_to_stream("s", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    assert_eq!(any.version, 3);
+    // b's cache now says 2. Its stale expectation is refused with the true current version...
+    let err = b
+        .append_to_stream("s", ExpectedVersion::Exact(2), events(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppendError::WrongExpectedVersion {
+                current: Some(3),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // ...and a correct expectation that the stale cache would have refused is accepted.
+    b.append_to_stream("t", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    a.append_to_stream("t", ExpectedVersion::Exact(0), events(1))
+        .await
+        .unwrap();
+    let ok = b
+        .append_to_stream("t", ExpectedVersion::Exact(1), events(1))
+        .await
+        .unwrap();
+    assert_eq!(ok.version, 2);
+    // An idempotent retry through the other process answers with the original placement.
+    let once = events(1);
+    let first = a
+        .append_to_stream("u", ExpectedVersion::NoStream, once.clone())
+        .await
+        .unwrap();
+    let again = b
+        .append_to_stream("u", ExpectedVersion::NoStream, once)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+
+    let all = a.read_all(0, 100, None).await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    let s: Vec<u64> = a
+        .read_stream("s", 0, Direction::Forwards, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(s, [0, 1, 2, 3]);
 }

@@ -1,0 +1,101 @@
+//! Wiring: open the database, start the event store and projections, serve HTTP until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::auth::{self, Keys};
+use crate::config::Config;
+use crate::db::{ConnectOptions, Db};
+use crate::http::{self, AppState};
+use crate::projection::{self, users::UsersProjector};
+use crate::store::{EventStore, SqlBackend};
+
+/// A built application, ready to serve.
+pub struct App {
+    pub state: AppState,
+    max_body_bytes: usize,
+}
+
+impl App {
+    /// Opens storage (creating the data dir and the SQLite file if needed), migrates, and starts
+    /// the event store's writer and the projections.
+    pub async fn build(config: &Config) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+        let db = Db::connect(
+            &config.database_url(),
+            &ConnectOptions {
+                max_connections: config.db_max_connections,
+                schema: None,
+            },
+        )
+        .await?;
+        db.migrate().await?;
+        let store = EventStore::start(
+            Arc::new(SqlBackend::new(db.clone())),
+            config.poll_interval(),
+        )
+        .await
+        .context("starting the event store")?;
+        let users = projection::spawn(db.clone(), store.clone(), Arc::new(UsersProjector)).await?;
+        let secret = auth::load_or_create_secret(config.jwt_secret.as_ref(), &config.data_dir)?;
+        let keys = Keys::new(&secret, config.access_token_ttl());
+        tracing::info!(database = ?db.dialect(), head = *store.committed().borrow(), "storage ready");
+        Ok(App {
+            state: AppState {
+                db,
+                store,
+                keys,
+                users,
+                read_your_writes_timeout: config.read_your_writes_timeout(),
+                ready_max_lag: config.ready_max_lag,
+            },
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish,
+    /// waits for every queued append to commit, and closes the database.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = http::router(self.state.clone(), self.max_body_bytes);
+        tracing::info!(addr = %listener.local_addr()?, "serving");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server")?;
+        self.state.store.flush().await;
+        self.state.db.close().await;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,99 @@
+//! Extractors: JSON bodies with clear errors, the authenticated learner, request metadata.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use teachback_events::{ClientInfo, Metadata};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// `axum::Json`, but its rejections are [`ApiError`]s with stable codes.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// The learner an access token names. Missing, expired or forged tokens are 401s.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser(pub Uuid);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_token",
+                "this endpoint needs `Authorization: Bearer <access token>`",
+            )
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "invalid_token",
+                    "the Authorization header is not `Bearer <token>`",
+                )
+            })?;
+        let claims = state.keys.verify(token.trim())?;
+        Ok(AuthUser(claims.sub))
+    }
+}
+
+/// Metadata for the events a request appends: correlation id, acting user, client.
+#[derive(Debug, Clone)]
+pub struct RequestMeta(pub Metadata);
+
+/// Longest client-supplied text kept in metadata.
+const MAX_CLIENT_TEXT: usize = 200;
+
+pub fn clip(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_CLIENT_TEXT)
+        .collect()
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let correlation_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Uuid::parse_str(v).ok())
+            .unwrap_or_else(Uuid::now_v7);
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(clip);
+        Ok(RequestMeta(Metadata {
+            correlation_id: Some(correlation_id),
+            causation_id: None,
+            acting_user: None,
+            client: user_agent.map(|ua| ClientInfo {
+                user_agent: Some(ua),
+                ..ClientInfo::default()
+            }),
+        }))
+    }
+}

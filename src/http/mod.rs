@@ -1,0 +1,121 @@
+//! The HTTP API under `/api/v1`, plus `/healthz` and `/readyz`. JSON field names are camelCase.
+//!
+//! # Layout
+//! - [`error`]: the error type and its JSON shape.
+//! - [`extract`]: JSON bodies, the authenticated learner, request metadata.
+//! - [`users`]: device registration, token refresh, the learner's own profile.
+//! - [`health`]: liveness and readiness.
+
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod users;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use crate::auth::Keys;
+use crate::db::Db;
+use crate::projection::ProjectionStatus;
+use crate::store::EventStore;
+use error::ApiError;
+
+/// Response header carrying the log position a write reached.
+pub const POSITION_HEADER: &str = "x-teachback-position";
+/// Request header asking a read to wait (bounded) until the read models reach a position.
+pub const MIN_POSITION_HEADER: &str = "x-teachback-min-position";
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub store: EventStore,
+    pub keys: Keys,
+    pub users: ProjectionStatus,
+    pub read_your_writes_timeout: Duration,
+    pub ready_max_lag: u64,
+}
+
+impl AppState {
+    /// All running projections, for readiness and read-your-writes.
+    pub fn projections(&self) -> Vec<&ProjectionStatus> {
+        vec![&self.users]
+    }
+
+    /// Waits (bounded) until the users read model has applied `position`.
+    pub async fn users_reach(&self, position: u64) -> bool {
+        self.users
+            .wait_for(position, self.read_your_writes_timeout)
+            .await
+    }
+
+    /// Waits (bounded) for a position the client asks for in [`MIN_POSITION_HEADER`].
+    pub async fn honour_min_position(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(value) = headers.get(MIN_POSITION_HEADER) else {
+            return Ok(());
+        };
+        let position: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("{MIN_POSITION_HEADER} must be an unsigned integer"),
+                )
+            })?;
+        self.users_reach(position).await;
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/devices", post(users::register_device))
+        .route("/auth/refresh", post(users::refresh))
+        .route("/me", get(users::me).put(users::rename));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+/// One log line per request: method, path (never the query string, which may carry a token),
+/// status and latency.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,170 @@
+//! The projection runner: tails the log and keeps SQL read models up to date.
+//!
+//! Each projection has a checkpoint (the last position it applied). The runner reads events after
+//! the checkpoint, applies a batch of them, and writes the rows *and* the new checkpoint in one
+//! transaction. A crash either commits both or neither, so no event is ever applied twice or
+//! skipped. Requests that just wrote can wait for a projection to reach their position
+//! (read-your-writes) through [`ProjectionStatus::wait_for`].
+
+pub mod users;
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
+use teachback_events::RecordedEvent;
+use tokio::sync::watch;
+
+use crate::db::{Db, DbTx};
+use crate::store::{EventStore, SubscriptionMessage};
+use crate::{with_pool, with_tx};
+
+/// Most events applied in one read-model transaction.
+const BATCH: usize = 1_000;
+
+/// A read model maintained from the log.
+#[async_trait]
+pub trait Projector: Send + Sync + 'static {
+    /// The checkpoint's name. Changing it rebuilds the projection from the start of the log.
+    fn name(&self) -> &'static str;
+    /// Applies events (in order) inside the runner's transaction.
+    async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()>;
+}
+
+/// What a running projection has done; cheap to clone.
+#[derive(Clone)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    position: watch::Receiver<u64>,
+    error: watch::Receiver<Option<String>>,
+}
+
+impl ProjectionStatus {
+    /// The last position applied and committed.
+    pub fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    /// A receiver of the applied position.
+    pub fn position_receiver(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+
+    /// The last error, if the projection is currently failing (it retries by itself).
+    pub fn error(&self) -> Option<String> {
+        self.error.borrow().clone()
+    }
+
+    /// Waits until the projection has applied `position`, at most `timeout`. `true` if it has.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
+        let mut rx = self.position.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+pub async fn load_checkpoint(db: &Db, name: &str) -> Result<u64, sqlx::Error> {
+    let position: Option<i64> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(position.unwrap_or(0) as u64)
+}
+
+async fn save_checkpoint(tx: &mut DbTx, name: &str, position: u64) -> Result<(), sqlx::Error> {
+    let now = jiff::Timestamp::now().as_microsecond();
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(position as i64)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Starts a projection in the background and returns its status.
+pub async fn spawn(
+    db: Db,
+    store: EventStore,
+    projector: Arc<dyn Projector>,
+) -> anyhow::Result<ProjectionStatus> {
+    let start = load_checkpoint(&db, projector.name()).await?;
+    let (position_tx, position) = watch::channel(start);
+    let (error_tx, error) = watch::channel(None);
+    let name = projector.name();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = run(&db, &store, &*projector, &position_tx, &error_tx).await;
+            if let Err(e) = result {
+                tracing::error!(
+                    projection = name,
+                    error = format!("{e:#}"),
+                    "projection failed; retrying"
+                );
+                error_tx.send_replace(Some(format!("{e:#}")));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    });
+    Ok(ProjectionStatus {
+        name,
+        position,
+        error,
+    })
+}
+
+/// Runs from the stored checkpoint until an error.
+async fn run(
+    db: &Db,
+    store: &EventStore,
+    projector: &dyn Projector,
+    position_tx: &watch::Sender<u64>,
+    error_tx: &watch::Sender<Option<String>>,
+) -> anyhow::Result<()> {
+    let checkpoint = load_checkpoint(db, projector.name()).await?;
+    position_tx.send_replace(checkpoint);
+    let mut sub = pin!(store.subscribe_all(checkpoint, None));
+    let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH);
+    loop {
+        let Some(first) = sub.next().await else {
+            anyhow::bail!("the log subscription ended");
+        };
+        let mut next = Some(first?);
+        // Take what is ready without waiting, up to a batch.
+        while let Some(message) = next.take() {
+            match message {
+                SubscriptionMessage::Event(e) => batch.push(*e),
+                SubscriptionMessage::CaughtUp { .. } => break,
+            }
+            if batch.len() < BATCH {
+                next = sub.next().now_or_never().flatten().transpose()?;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let last = batch.last().expect("non-empty").position;
+        let mut tx = db.begin_write().await?;
+        projector.apply(&mut tx, &batch).await?;
+        save_checkpoint(&mut tx, projector.name(), last).await?;
+        tx.commit().await?;
+        batch.clear();
+        position_tx.send_replace(last);
+        if error_tx.borrow().is_some() {
+            error_tx.send_replace(None);
+        }
+    }
+}

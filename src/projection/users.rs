@@ -1,0 +1,120 @@
+//! The `users` and `devices` read models, from [`teachback_projections::users`].
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use teachback_events::RecordedEvent;
+use teachback_projections::users::{self, UsersChange};
+use uuid::Uuid;
+
+use super::Projector;
+use crate::db::{Db, DbTx};
+use crate::{with_pool, with_tx};
+
+pub struct UsersProjector;
+
+#[async_trait]
+impl Projector for UsersProjector {
+    fn name(&self) -> &'static str {
+        users::NAME
+    }
+
+    async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        for event in events {
+            for change in users::project(event)? {
+                apply_change(tx, change).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn apply_change(tx: &mut DbTx, change: UsersChange) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        match change {
+            UsersChange::UserCreated { user_id, name, created_at } => {
+                sqlx::query(
+                    "INSERT INTO users (user_id, name, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $3) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(name)
+                .bind(created_at.as_microsecond())
+                .execute(conn)
+                .await?;
+            }
+            UsersChange::DeviceAdded { device_id, user_id, token_hash, created_at } => {
+                sqlx::query(
+                    "INSERT INTO devices (token_hash, device_id, user_id, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING",
+                )
+                .bind(token_hash)
+                .bind(device_id)
+                .bind(user_id)
+                .bind(created_at.as_microsecond())
+                .execute(conn)
+                .await?;
+            }
+            UsersChange::NameChanged { user_id, name, updated_at } => {
+                sqlx::query("UPDATE users SET name = $1, updated_at = $2 WHERE user_id = $3")
+                    .bind(name)
+                    .bind(updated_at.as_microsecond())
+                    .bind(user_id)
+                    .execute(conn)
+                    .await?;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A learner as the read model holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub user_id: Uuid,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+pub async fn find_user(db: &Db, user_id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    let row: Option<(Uuid, String, i64, i64)> = with_pool!(db, pool => {
+        sqlx::query_as("SELECT user_id, name, created_at, updated_at FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(row.map(|(user_id, name, created, updated)| User {
+        user_id,
+        name,
+        created_at: Timestamp::from_microsecond(created).unwrap_or_default(),
+        updated_at: Timestamp::from_microsecond(updated).unwrap_or_default(),
+    }))
+}
+
+/// The learner a device token (by its hash) belongs to.
+pub async fn find_device_user(db: &Db, token_hash: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT user_id FROM devices WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(pool)
+            .await
+    })
+}
+
+/// Every user row, ordered by id (for comparing a rebuild with the live read model).
+pub async fn all_users(db: &Db) -> Result<Vec<User>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, i64, i64)> = with_pool!(db, pool => {
+        sqlx::query_as("SELECT user_id, name, created_at, updated_at FROM users ORDER BY user_id")
+            .fetch_all(pool)
+            .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, name, created, updated)| User {
+            user_id,
+            name,
+            created_at: Timestamp::from_microsecond(created).unwrap_or_default(),
+            updated_at: Timestamp::from_microsecond(updated).unwrap_or_default(),
+        })
+        .collect())
+}
