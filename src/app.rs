@@ -33,6 +33,13 @@ impl App {
             },
         )
         .await?;
+        Self::from_db(config, db).await
+    }
+
+    /// Like [`App::build`], on an already connected database (tests use their own schemas).
+    pub async fn from_db(config: &Config, db: Db) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
         db.migrate().await?;
         let store = EventStore::start(
             Arc::new(SqlBackend::new(db.clone())),

@@ -68,13 +68,20 @@ impl TestDb {
 
     /// Drops a PostgreSQL test schema. Call at the end of a passing test.
     pub async fn cleanup(self) {
-        if let (Db::Postgres(pool), Some(schema)) = (&self.db, &self.options.schema) {
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(pool)
+        self.db.close().await;
+        if let Some(schema) = &self.options.schema {
+            // A pool of its own: the app under test may already have closed the shared one.
+            let admin = Db::connect(&self.url, &ConnectOptions::default())
                 .await
                 .unwrap();
+            if let Db::Postgres(pool) = &admin {
+                sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            admin.close().await;
         }
-        self.db.close().await;
     }
 }
 
@@ -109,4 +116,67 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// A running server on a loopback port, stopped when dropped.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub http: reqwest::Client,
+    pub state: teachback::http::AppState,
+    _data: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the app on `db` with the default configuration, a fresh data dir and port 0.
+pub async fn spawn_app(db: &TestDb) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+pub async fn spawn_app_with(
+    db: &TestDb,
+    tweak: impl FnOnce(&mut teachback::config::Config),
+) -> TestApp {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = teachback::config::Config::defaults();
+    config.data_dir = data.path().to_path_buf();
+    tweak(&mut config);
+    let app = teachback::app::App::from_db(&config, db.db.clone())
+        .await
+        .unwrap();
+    let state = app.state.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        app.run(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestApp {
+        addr,
+        http: reqwest::Client::new(),
+        state,
+        _data: data,
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Registers a device and returns the credentials body.
+    pub async fn register(&self) -> serde_json::Value {
+        let response = self
+            .http
+            .post(self.url("/api/v1/devices"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
 }

@@ -1,0 +1,303 @@
+//! The real `teachback` binary as a process: zero-config start, SIGTERM and SIGKILL, the CLI.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use teachback_events::RecordedEvent;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_teachback");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The binary with a clean environment: no TEACHBACK_* variable leaks in from the test run.
+fn teachback(cwd: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    // Logs go to a file: an unread pipe would fill up and block the server mid-request.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cwd.join("server.log"))
+        .unwrap();
+    cmd.stdout(Stdio::piped()).stderr(log).kill_on_drop(true);
+    cmd
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+async fn start(cwd: &Path, port: u16) -> Server {
+    let child = teachback(cwd)
+        .env("TEACHBACK_ADDR", format!("127.0.0.1:{port}"))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Server { child, base }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn tail(cwd: &Path, args: &[&str]) -> Vec<RecordedEvent> {
+    let out = teachback(cwd)
+        .args(["events", "tail"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON event"))
+        .collect()
+}
+
+/// Registers devices as fast as it can until told to stop; returns the learners it was told
+/// were created.
+async fn register_until(base: String, stop: tokio::sync::watch::Receiver<bool>) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut created = Vec::new();
+    while !*stop.borrow() {
+        match http.post(format!("{base}/api/v1/devices")).send().await {
+            Ok(r) if r.status() == 201 => {
+                if let Ok(body) = r.json::<Value>().await {
+                    created.push(body["userId"].as_str().unwrap().to_owned());
+                }
+            }
+            Ok(r) => panic!("a registration failed with {}", r.status()),
+            // The server went away (it was killed): stop.
+            Err(_) => break,
+        }
+    }
+    created
+}
+
+#[tokio::test]
+async fn the_binary_serves_with_no_configuration_and_keeps_its_files_in_data() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = start(cwd.path(), free_port()).await;
+    assert!(cwd.path().join("data/teachback.db").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = std::fs::metadata(cwd.path().join("data/jwt-secret")).unwrap();
+        assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+    }
+    let health: Value = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    signal(&server.child, "-TERM");
+    let out = server.child.wait().await.unwrap();
+    assert!(out.success());
+    // The secret never reaches the logs.
+    let stderr = std::fs::read_to_string(cwd.path().join("server.log")).unwrap();
+    let secret = std::fs::read_to_string(cwd.path().join("data/jwt-secret")).unwrap();
+    assert!(!stderr.contains(secret.trim()));
+    assert!(stderr.contains("shut down cleanly"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_registrations_finish_and_loses_none() {
+    let cwd = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start(cwd.path(), port).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(register_until(server.base.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&server.child, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .expect("the server did not stop within 30 s of SIGTERM")
+        .unwrap();
+    stop_tx.send_replace(true);
+    assert!(status.success(), "SIGTERM should end the server cleanly");
+    let mut created = Vec::new();
+    for c in clients {
+        created.extend(c.await.unwrap());
+    }
+    assert!(!created.is_empty());
+
+    let events = tail(cwd.path(), &[]).await;
+    let registered: std::collections::HashSet<String> = events
+        .iter()
+        .filter(|e| e.event_type == "DeviceRegistered")
+        .map(|e| e.payload["userId"].as_str().unwrap().to_owned())
+        .collect();
+    for user in &created {
+        assert!(
+            registered.contains(user),
+            "learner {user} was acknowledged but is not in the log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigkill_mid_traffic_loses_nothing_acknowledged_and_the_projection_catches_up() {
+    let cwd = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start(cwd.path(), port).await;
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(register_until(server.base.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    signal(&server.child, "-KILL");
+    server.child.wait().await.unwrap();
+    let mut created = Vec::new();
+    for c in clients {
+        created.extend(c.await.unwrap());
+    }
+    assert!(!created.is_empty());
+
+    // Restart on the same data dir: every acknowledged learner is in the log and, once ready,
+    // in the read model, exactly as a fold of the log says.
+    let server = start(cwd.path(), port).await;
+    let events = tail(cwd.path(), &[]).await;
+    let mut view = teachback_projections::users::UsersView::default();
+    for e in &events {
+        view.apply(e).unwrap();
+    }
+    let in_log: std::collections::HashSet<String> =
+        view.users.keys().map(|u| u.to_string()).collect();
+    for user in &created {
+        assert!(
+            in_log.contains(user),
+            "learner {user} was acknowledged but is not in the log"
+        );
+    }
+    let ready: Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let url = format!(
+        "sqlite://{}",
+        cwd.path().join("data/teachback.db").display()
+    );
+    let db = teachback::db::Db::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    let head = events.last().unwrap().position;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while teachback::projection::load_checkpoint(&db, "users")
+        .await
+        .unwrap()
+        < head
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the users projection did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = teachback::projection::users::all_users(&db).await.unwrap();
+    assert_eq!(rows.len(), view.users.len());
+    for row in rows {
+        assert_eq!(view.users[&row.user_id].name, row.name);
+    }
+}
+
+#[tokio::test]
+async fn events_tail_prints_the_log_in_order_from_a_position_and_follows() {
+    let cwd = tempfile::tempdir().unwrap();
+    let server = start(cwd.path(), free_port()).await;
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        assert_eq!(
+            http.post(format!("{}/api/v1/devices", server.base))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+    }
+    let all = tail(cwd.path(), &[]).await;
+    assert_eq!(
+        all.len(),
+        10,
+        "each registration is a DeviceRegistered and a UsernameClaimed"
+    );
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    let from = all[4].position;
+    let rest = tail(cwd.path(), &["--from", &from.to_string()]).await;
+    assert_eq!(rest, all[4..]);
+    let users = tail(cwd.path(), &["--stream-prefix", "user-"]).await;
+    assert_eq!(users.len(), 5);
+    assert!(users.iter().all(|e| e.event_type == "DeviceRegistered"));
+
+    // --follow prints events committed after it started.
+    let mut follower = teachback(cwd.path())
+        .args([
+            "events",
+            "tail",
+            "--follow",
+            "--from",
+            &(all.last().unwrap().position + 1).to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        follower.stdout.take().unwrap(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let created: Value = http
+        .post(format!("{}/api/v1/devices", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: RecordedEvent = serde_json::from_str(&line).unwrap();
+    assert_eq!(event.payload["userId"], created["userId"]);
+    follower.kill().await.unwrap();
+}
