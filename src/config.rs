@@ -96,7 +96,7 @@ impl Config {
         Duration::from_millis(self.poll_interval_ms)
     }
 
-    /// The configuration with every default, as if no flag or variable were set.
+    /// The configuration with no flags: defaults, overridden by any `TEACHBACK_*` variables set.
     pub fn defaults() -> Config {
         use clap::Parser;
         #[derive(clap::Parser)]
