@@ -76,19 +76,25 @@ pub struct User {
     pub updated_at: Timestamp,
 }
 
+type UserRow = (Uuid, String, i64, i64);
+
+fn to_user((user_id, name, created, updated): UserRow) -> User {
+    User {
+        user_id,
+        name,
+        created_at: Timestamp::from_microsecond(created).unwrap_or_default(),
+        updated_at: Timestamp::from_microsecond(updated).unwrap_or_default(),
+    }
+}
+
 pub async fn find_user(db: &Db, user_id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    let row: Option<(Uuid, String, i64, i64)> = with_pool!(db, pool => {
+    let row: Option<UserRow> = with_pool!(db, pool => {
         sqlx::query_as("SELECT user_id, name, created_at, updated_at FROM users WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(pool)
             .await?
     });
-    Ok(row.map(|(user_id, name, created, updated)| User {
-        user_id,
-        name,
-        created_at: Timestamp::from_microsecond(created).unwrap_or_default(),
-        updated_at: Timestamp::from_microsecond(updated).unwrap_or_default(),
-    }))
+    Ok(row.map(to_user))
 }
 
 /// The learner a device token (by its hash) belongs to.
@@ -103,18 +109,10 @@ pub async fn find_device_user(db: &Db, token_hash: &str) -> Result<Option<Uuid>,
 
 /// Every user row, ordered by id (for comparing a rebuild with the live read model).
 pub async fn all_users(db: &Db) -> Result<Vec<User>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, i64, i64)> = with_pool!(db, pool => {
+    let rows: Vec<UserRow> = with_pool!(db, pool => {
         sqlx::query_as("SELECT user_id, name, created_at, updated_at FROM users ORDER BY user_id")
             .fetch_all(pool)
             .await?
     });
-    Ok(rows
-        .into_iter()
-        .map(|(user_id, name, created, updated)| User {
-            user_id,
-            name,
-            created_at: Timestamp::from_microsecond(created).unwrap_or_default(),
-            updated_at: Timestamp::from_microsecond(updated).unwrap_or_default(),
-        })
-        .collect())
+    Ok(rows.into_iter().map(to_user).collect())
 }

@@ -178,6 +178,14 @@ pub(crate) enum Path {
     Authoritative,
 }
 
+/// The answers to a batch, one per request.
+pub(crate) type Answers = Vec<Result<AppendOutcome, AppendError>>;
+
+impl Path {
+    /// The fast path first; the authoritative one when the fast path could not decide.
+    pub(crate) const IN_ORDER: [Path; 2] = [Path::Fast, Path::Authoritative];
+}
+
 /// Shifts every position in the answers by `delta` (the fast path plans positions from 0 and
 /// learns the real head from the insert).
 pub(crate) fn shift_positions(results: &mut [Result<AppendOutcome, AppendError>], delta: u64) {

@@ -13,10 +13,8 @@
 use jiff::Timestamp;
 use sqlx::PgPool;
 
-use super::plan::{self, Lookup, LookupRow, Path, VersionCache};
-use super::{AppendError, AppendOutcome, PreparedAppend, StoreError, is_unique_violation};
-
-type Answers = Vec<Result<AppendOutcome, AppendError>>;
+use super::plan::{self, Answers, Lookup, LookupRow, Path, VersionCache};
+use super::{PreparedAppend, StoreError, is_unique_violation};
 
 /// Checks and writes a batch in one transaction under the table's exclusive write lock.
 pub(crate) async fn append_batch(
@@ -26,15 +24,15 @@ pub(crate) async fn append_batch(
     cache: &mut VersionCache,
 ) -> Result<Answers, StoreError> {
     let streams = plan::streams_of(batch);
-    if let Some(answers) = attempt(pool, batch, now, cache, &streams, Path::Fast).await? {
-        return Ok(answers);
+    for path in Path::IN_ORDER {
+        if let Some(answers) = attempt(pool, batch, now, cache, &streams, path).await? {
+            return Ok(answers);
+        }
+        cache.forget(&streams);
     }
-    cache.forget(&streams);
-    attempt(pool, batch, now, cache, &streams, Path::Authoritative)
-        .await?
-        .ok_or_else(|| {
-            StoreError::Conflict("a unique constraint failed under the write lock".into())
-        })
+    Err(StoreError::Conflict(
+        "a unique constraint failed under the write lock".into(),
+    ))
 }
 
 /// `Ok(None)`: the fast path could not decide; nothing was written.

@@ -6,13 +6,11 @@
 use jiff::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::plan::{self, Lookup, LookupRow, Path, VersionCache};
-use super::{AppendError, AppendOutcome, PreparedAppend, StoreError, is_unique_violation};
+use super::plan::{self, Answers, Lookup, LookupRow, Path, VersionCache};
+use super::{PreparedAppend, StoreError, is_unique_violation};
 
 /// Nine columns a row; SQLite allows 32,766 bound values per statement.
 const INSERT_CHUNK: usize = 1_000;
-
-type Answers = Vec<Result<AppendOutcome, AppendError>>;
 
 /// Checks and writes a batch in one `BEGIN IMMEDIATE` transaction: first from the version cache,
 /// and again from a full lookup if the cache may have misled (see [`VersionCache`]).
@@ -23,15 +21,15 @@ pub(crate) async fn append_batch(
     cache: &mut VersionCache,
 ) -> Result<Answers, StoreError> {
     let streams = plan::streams_of(batch);
-    if let Some(answers) = attempt(pool, batch, now, cache, &streams, Path::Fast).await? {
-        return Ok(answers);
+    for path in Path::IN_ORDER {
+        if let Some(answers) = attempt(pool, batch, now, cache, &streams, path).await? {
+            return Ok(answers);
+        }
+        cache.forget(&streams);
     }
-    cache.forget(&streams);
-    attempt(pool, batch, now, cache, &streams, Path::Authoritative)
-        .await?
-        .ok_or_else(|| {
-            StoreError::Conflict("a unique constraint failed under the write lock".into())
-        })
+    Err(StoreError::Conflict(
+        "a unique constraint failed under the write lock".into(),
+    ))
 }
 
 /// `Ok(None)`: the fast path could not decide; nothing was written.
