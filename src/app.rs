@@ -23,8 +23,7 @@ impl App {
     /// Opens storage (creating the data dir and the SQLite file if needed), migrates, and starts
     /// the event store's writer and the projections.
     pub async fn build(config: &Config) -> anyhow::Result<App> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+        create_data_dir(&config.data_dir)?;
         let db = Db::connect(
             &config.database_url(),
             &ConnectOptions {
@@ -38,8 +37,7 @@ impl App {
 
     /// Like [`App::build`], on an already connected database (tests use their own schemas).
     pub async fn from_db(config: &Config, db: Db) -> anyhow::Result<App> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+        create_data_dir(&config.data_dir)?;
         db.migrate().await?;
         let store = EventStore::start(
             Arc::new(SqlBackend::new(db.clone())),
@@ -82,6 +80,21 @@ impl App {
         tracing::info!("shut down cleanly");
         Ok(())
     }
+}
+
+/// Creates the data dir if it is missing. A new one is private to the server's user (0700): it
+/// holds the database and the signing secret. An existing one is left as the operator set it.
+fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating the data dir {}", dir.display()))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

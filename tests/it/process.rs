@@ -117,6 +117,8 @@ async fn the_binary_serves_with_no_configuration_and_keeps_its_files_in_data() {
         use std::os::unix::fs::PermissionsExt;
         let secret = std::fs::metadata(cwd.path().join("data/jwt-secret")).unwrap();
         assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+        let dir = std::fs::metadata(cwd.path().join("data")).unwrap();
+        assert_eq!(dir.permissions().mode() & 0o777, 0o700);
     }
     let health: Value = reqwest::get(format!("{}/healthz", server.base))
         .await
