@@ -127,34 +127,45 @@ pub fn load_or_create_secret(
         return Ok(secret.clone());
     }
     let path = data_dir.join(SECRET_FILE);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(&path) {
-        Ok(mut file) => {
-            let mut bytes = [0u8; 32];
-            rand::rng().fill_bytes(&mut bytes);
-            let secret = hex::encode(bytes);
-            file.write_all(secret.as_bytes())
-                .and_then(|()| file.sync_all())
-                .context("writing the generated signing secret")?;
-            tracing::info!(path = %path.display(), "generated a new access-token signing secret");
-            Ok(SecretString::from(secret))
+    if !path.exists() {
+        // Written to a temporary file, fsynced, then linked into place: the secret file is never
+        // seen half-written, and of two processes starting at once exactly one link succeeds.
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let secret = hex::encode(bytes);
+        let tmp = data_dir.join(format!("{SECRET_FILE}.{}.tmp", hex::encode(&bytes[..4])));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let written = options
+            .open(&tmp)
+            .and_then(|mut file| {
+                file.write_all(secret.as_bytes())
+                    .and_then(|()| file.sync_all())
+            })
+            .and_then(|()| std::fs::hard_link(&tmp, &path));
+        let _ = std::fs::remove_file(&tmp);
+        match written {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "generated a new access-token signing secret");
+                return Ok(SecretString::from(secret));
+            }
+            // Another process won the race: use its secret.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let secret = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let secret = secret.trim().to_owned();
-            anyhow::ensure!(
-                secret.len() >= 32,
-                "{} is too short to be a signing secret",
-                path.display()
-            );
-            Ok(SecretString::from(secret))
-        }
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
+    let secret =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let secret = secret.trim().to_owned();
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "{} is too short to be a signing secret; remove it to have a new one generated \
+         (existing access tokens will stop working)",
+        path.display()
+    );
+    Ok(SecretString::from(secret))
 }
 
 #[cfg(test)]

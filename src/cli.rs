@@ -82,8 +82,11 @@ async fn tail(
     follow: bool,
     prefix: Option<String>,
 ) -> anyhow::Result<()> {
+    // Read-only: no migrations. A database the server never opened has no log to show.
     let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
-    db.migrate().await?;
+    db.ping_log()
+        .await
+        .context("no event log here: start the server once, or check TEACHBACK_DATABASE_URL")?;
     let store = EventStore::start(Arc::new(SqlBackend::new(db)), config.poll_interval()).await?;
     // `--from` is inclusive; subscriptions start *after* a position.
     let mut events = pin!(store.subscribe_all(from.saturating_sub(1), prefix));

@@ -91,8 +91,11 @@ impl Db {
                 Ok(Db::Sqlite(pool))
             }
             Dialect::Postgres => {
-                let mut connect =
-                    PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+                // Appends are acknowledged only once durable: insist on it whatever the server's
+                // or role's default is.
+                let mut connect = PgConnectOptions::from_str(url)
+                    .context("invalid PostgreSQL URL")?
+                    .options([("synchronous_commit", "on")]);
                 if let Some(schema) = &options.schema {
                     anyhow::ensure!(
                         schema
@@ -141,6 +144,11 @@ impl Db {
     /// A trivial round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
+    /// Checks that the event log's table exists (for read-only tools).
+    pub async fn ping_log(&self) -> Result<(), sqlx::Error> {
+        with_pool!(self, pool => sqlx::query("SELECT 1 FROM events LIMIT 1").execute(pool).await.map(|_| ()))
     }
 
     pub async fn close(&self) {

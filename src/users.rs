@@ -21,6 +21,8 @@ use crate::store::{AppendError, Direction, EventStore, ExpectedVersion, StreamAp
 const DEFAULT_NAME_PREFIX: &str = "사용자";
 const SUFFIX_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
 const SUFFIX_LEN: usize = 6;
+/// Longest normalised name key, in bytes (keeps reservation stream names short).
+const MAX_KEY_BYTES: usize = 200;
 /// Optimistic-concurrency retries before giving up (each retry re-reads the streams).
 const RETRIES: usize = 5;
 
@@ -205,6 +207,12 @@ pub async fn rename(
 ) -> Result<Renamed, RenameError> {
     let name = validate_name(requested).map_err(RenameError::Invalid)?;
     let new_key = name_key(&name);
+    if new_key.len() > MAX_KEY_BYTES {
+        // A few characters expand a lot under NFKC (U+FDFA becomes 18 letters).
+        return Err(RenameError::Invalid(
+            "this name is too long once normalised; please choose a shorter one".into(),
+        ));
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -247,9 +255,11 @@ pub async fn rename(
                 expected,
                 vec![NewEvent::from_event(&claimed, metadata.clone())],
             ));
-            // Release the old key so someone else may take it.
+            // Release the old key so someone else may take it, if the claim there is ours
+            // (never release someone else's claim, whatever the key function computes today).
             let old_stream = streams::username(&old_key);
-            if let Some(last) = store.last_event(&old_stream).await? {
+            let ours = |e: &teachback_events::RecordedEvent| matches!(e.decode(), Ok(Event::UsernameClaimed(c)) if c.user_id == user_id);
+            if let Some(last) = store.last_event(&old_stream).await?.filter(ours) {
                 let released = Event::UsernameReleased(UsernameReleased { user_id });
                 parts.push(StreamAppend::new(
                     old_stream,
@@ -293,6 +303,13 @@ mod tests {
         assert!(validate_name("ab\u{0007}c").is_err());
         assert!(validate_name("a\u{200B}b").is_err());
         assert!(validate_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn twenty_characters_that_expand_under_nfkc_make_a_key_over_the_limit() {
+        let name = "\u{FDFA}".repeat(20);
+        assert!(validate_name(&name).is_ok());
+        assert!(name_key(&name).len() > MAX_KEY_BYTES);
     }
 
     #[test]

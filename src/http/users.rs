@@ -204,13 +204,17 @@ pub async fn rename(
         None => *state.users.position_receiver().borrow(),
     };
     state.users_reach(position).await;
-    let found = find_user(&state.db, user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user_not_found", "this learner does not exist"))?;
-    let mut profile = Profile::from(found);
-    // If the read model is slower than our bounded wait, still answer with what was written.
-    profile.name = renamed.name;
-    Ok(with_position(Json(profile).into_response(), position))
+    // The rename is committed. If the read model is slower than our bounded wait, still answer
+    // with what was written rather than pretend it failed.
+    let body = match find_user(&state.db, user).await? {
+        Some(found) => {
+            let mut profile = Profile::from(found);
+            profile.name = renamed.name;
+            serde_json::to_value(profile).map_err(anyhow::Error::from)?
+        }
+        None => serde_json::json!({ "userId": user, "name": renamed.name }),
+    };
+    Ok(with_position(Json(body).into_response(), position))
 }
 
 fn with_position(mut response: Response, position: u64) -> Response {

@@ -76,21 +76,33 @@ pub async fn load_checkpoint(db: &Db, name: &str) -> Result<u64, sqlx::Error> {
     Ok(position.unwrap_or(0) as u64)
 }
 
-async fn save_checkpoint(tx: &mut DbTx, name: &str, position: u64) -> Result<(), sqlx::Error> {
+/// Moves the checkpoint from `from` to `to`, but only if it is still at `from`: if another runner
+/// (another instance) moved it meanwhile, this transaction must not commit, or events would be
+/// applied twice. Returns whether the checkpoint was moved.
+async fn advance_checkpoint(
+    tx: &mut DbTx,
+    name: &str,
+    from: u64,
+    to: u64,
+) -> Result<bool, sqlx::Error> {
     let now = jiff::Timestamp::now().as_microsecond();
-    with_tx!(tx, conn => {
+    let moved = with_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at WHERE projection_checkpoints.position = $4",
         )
         .bind(name)
-        .bind(position as i64)
+        .bind(to as i64)
         .bind(now)
+        .bind(from as i64)
         .execute(conn)
-        .await?;
+        .await?
+        .rows_affected()
     });
-    Ok(())
+    // With no row yet this inserts one; if another runner inserted first, the conflict's WHERE
+    // fails and nothing changes.
+    Ok(moved == 1)
 }
 
 /// Starts a projection in the background and returns its status.
@@ -134,7 +146,7 @@ async fn run(
     position_tx: &watch::Sender<u64>,
     error_tx: &watch::Sender<Option<String>>,
 ) -> anyhow::Result<()> {
-    let checkpoint = load_checkpoint(db, projector.name()).await?;
+    let mut checkpoint = load_checkpoint(db, projector.name()).await?;
     position_tx.send_replace(checkpoint);
     let mut sub = pin!(store.subscribe_all(checkpoint, None));
     let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH);
@@ -159,8 +171,15 @@ async fn run(
         let last = batch.last().expect("non-empty").position;
         let mut tx = db.begin_write().await?;
         projector.apply(&mut tx, &batch).await?;
-        save_checkpoint(&mut tx, projector.name(), last).await?;
+        if !advance_checkpoint(&mut tx, projector.name(), checkpoint, last).await? {
+            // Dropping the transaction rolls the rows back; start again from the stored checkpoint.
+            anyhow::bail!(
+                "another runner advanced the {} checkpoint",
+                projector.name()
+            );
+        }
         tx.commit().await?;
+        checkpoint = last;
         batch.clear();
         position_tx.send_replace(last);
         if error_tx.borrow().is_some() {

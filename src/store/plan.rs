@@ -266,6 +266,27 @@ pub(crate) fn plan<'a>(
                 })
             })
             .collect();
+        // A retry is all or nothing: parts already stored beside parts not yet stored means the
+        // ids are being reused, not retried.
+        let decided = decided.and_then(|d| {
+            let stored = d
+                .iter()
+                .filter(|d| matches!(d, Decision::AlreadyStored(_)))
+                .count();
+            if stored > 0 && stored < d.len() {
+                let id = request
+                    .parts
+                    .iter()
+                    .flat_map(|p| &p.events)
+                    .map(|e| e.id)
+                    .find(|id| staged_ids.contains_key(id) || lookup.existing.contains_key(id));
+                Err(AppendError::DuplicateEventId {
+                    id: id.expect("a stored part has a stored id"),
+                })
+            } else {
+                Ok(d)
+            }
+        });
         let decisions = match decided {
             Ok(d) => d,
             Err(e) => {
@@ -434,6 +455,35 @@ mod tests {
         let (rows, results) = plan(&batch, &Lookup::default(), 0);
         assert_eq!(rows.len(), 2);
         assert_eq!(results[0].as_ref().unwrap(), results[1].as_ref().unwrap());
+    }
+
+    #[test]
+    fn a_multi_stream_request_half_stored_is_refused_not_half_written() {
+        let lookup = Lookup {
+            head: 1,
+            versions: [("a".to_string(), 0)].into(),
+            existing: [(
+                Uuid::from_u128(1),
+                Existing {
+                    stream: "a".into(),
+                    version: 0,
+                    position: 1,
+                },
+            )]
+            .into(),
+        };
+        let batch = [PreparedAppend {
+            parts: vec![
+                request("a", ExpectedVersion::Any, &[1]).parts.remove(0),
+                request("b", ExpectedVersion::Any, &[2]).parts.remove(0),
+            ],
+        }];
+        let (rows, results) = plan(&batch, &lookup, 0);
+        assert!(rows.is_empty());
+        assert!(matches!(
+            results[0],
+            Err(AppendError::DuplicateEventId { .. })
+        ));
     }
 
     #[test]

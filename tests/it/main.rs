@@ -5,5 +5,6 @@
 
 mod http_users;
 mod process;
+mod projection_runner;
 mod store_contract;
 mod support;
