@@ -16,27 +16,9 @@ use sqlx::PgPool;
 use super::plan::{self, Answers, Lookup, LookupRow, Path, VersionCache};
 use super::{PreparedAppend, StoreError, is_unique_violation};
 
-/// Checks and writes a batch in one transaction under the table's exclusive write lock.
-pub(crate) async fn append_batch(
-    pool: &PgPool,
-    batch: &[PreparedAppend],
-    now: Timestamp,
-    cache: &mut VersionCache,
-) -> Result<Answers, StoreError> {
-    let streams = plan::streams_of(batch);
-    for path in Path::IN_ORDER {
-        if let Some(answers) = attempt(pool, batch, now, cache, &streams, path).await? {
-            return Ok(answers);
-        }
-        cache.forget(&streams);
-    }
-    Err(StoreError::Conflict(
-        "a unique constraint failed under the write lock".into(),
-    ))
-}
-
-/// `Ok(None)`: the fast path could not decide; nothing was written.
-async fn attempt(
+/// One try at a batch, in one transaction, on `path`. `Ok(None)`: the fast path could not decide
+/// and nothing was written.
+pub(crate) async fn attempt(
     pool: &PgPool,
     batch: &[PreparedAppend],
     now: Timestamp,

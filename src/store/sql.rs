@@ -5,10 +5,12 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use teachback_events::RecordedEvent;
 
+use super::plan::{self, Path};
 use super::row::{self, COLUMNS, EventRow, prefix_len, to_db};
 use super::{
     AppendError, AppendOutcome, Backend, Direction, PreparedAppend, StoreError, VersionCache,
 };
+use super::{postgres, sqlite};
 use crate::db::Db;
 use crate::with_pool;
 
@@ -30,10 +32,26 @@ impl Backend for SqlBackend {
         now: Timestamp,
         cache: &mut VersionCache,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        match &self.db {
-            Db::Sqlite(pool) => super::sqlite::append_batch(pool, batch, now, cache).await,
-            Db::Postgres(pool) => super::postgres::append_batch(pool, batch, now, cache).await,
+        // The fast path first (cached versions, no id lookup); if it could not decide, the
+        // authoritative path (a full lookup under the write lock), which always decides.
+        let streams = plan::streams_of(batch);
+        for path in Path::IN_ORDER {
+            let decided = match &self.db {
+                Db::Sqlite(pool) => {
+                    sqlite::attempt(pool, batch, now, cache, &streams, path).await?
+                }
+                Db::Postgres(pool) => {
+                    postgres::attempt(pool, batch, now, cache, &streams, path).await?
+                }
+            };
+            if let Some(answers) = decided {
+                return Ok(answers);
+            }
+            cache.forget(&streams);
         }
+        Err(StoreError::Conflict(
+            "a unique constraint failed under the write lock".into(),
+        ))
     }
 
     async fn read_stream(

@@ -12,28 +12,9 @@ use super::{PreparedAppend, StoreError, is_unique_violation};
 /// Nine columns a row; SQLite allows 32,766 bound values per statement.
 const INSERT_CHUNK: usize = 1_000;
 
-/// Checks and writes a batch in one `BEGIN IMMEDIATE` transaction: first from the version cache,
-/// and again from a full lookup if the cache may have misled (see [`VersionCache`]).
-pub(crate) async fn append_batch(
-    pool: &SqlitePool,
-    batch: &[PreparedAppend],
-    now: Timestamp,
-    cache: &mut VersionCache,
-) -> Result<Answers, StoreError> {
-    let streams = plan::streams_of(batch);
-    for path in Path::IN_ORDER {
-        if let Some(answers) = attempt(pool, batch, now, cache, &streams, path).await? {
-            return Ok(answers);
-        }
-        cache.forget(&streams);
-    }
-    Err(StoreError::Conflict(
-        "a unique constraint failed under the write lock".into(),
-    ))
-}
-
-/// `Ok(None)`: the fast path could not decide; nothing was written.
-async fn attempt(
+/// One try at a batch, in one transaction, on `path`. `Ok(None)`: the fast path could not decide
+/// and nothing was written.
+pub(crate) async fn attempt(
     pool: &SqlitePool,
     batch: &[PreparedAppend],
     now: Timestamp,
