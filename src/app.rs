@@ -7,10 +7,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::auth::{self, Keys};
+use crate::catalog;
 use crate::config::Config;
 use crate::db::{ConnectOptions, Db};
 use crate::http::{self, AppState};
-use crate::projection::{self, users::UsersProjector};
+use crate::projection::{self, topics::TopicsProjector, users::UsersProjector};
 use crate::store::{EventStore, SqlBackend};
 
 /// A built application, ready to serve.
@@ -46,6 +47,14 @@ impl App {
         .await
         .context("starting the event store")?;
         let users = projection::spawn(db.clone(), store.clone(), Arc::new(UsersProjector)).await?;
+        let topics =
+            projection::spawn(db.clone(), store.clone(), Arc::new(TopicsProjector)).await?;
+        let published = catalog::publish(&store, catalog::starter())
+            .await
+            .context("publishing the starter catalogue")?;
+        topics
+            .wait_for(published, config.read_your_writes_timeout())
+            .await;
         let secret = auth::load_or_create_secret(config.jwt_secret.as_ref(), &config.data_dir)?;
         let keys = Keys::new(&secret, config.access_token_ttl());
         tracing::info!(database = ?db.dialect(), head = *store.committed().borrow(), "storage ready");
@@ -55,6 +64,7 @@ impl App {
                 store,
                 keys,
                 users,
+                topics,
                 read_your_writes_timeout: config.read_your_writes_timeout(),
                 ready_max_lag: config.ready_max_lag,
             },

@@ -7,12 +7,14 @@
 //! - [`projection`]: the checkpointed projection runner and the SQL read models it maintains.
 //! - [`auth`]: access tokens (JWT), device tokens, the signing secret.
 //! - [`users`]: learners' commands: register a device, rename (with unique names).
+//! - [`catalog`]: the starter catalogue and publishing topics.
 //! - [`http`]: the HTTP API: routes, errors, extractors.
 //! - [`app`]: wiring it all together, serving until shutdown.
 //! - [`cli`]: the `teachback` command line.
 
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -7,7 +7,9 @@
 //!
 //! # Layout
 //! - [`users`]: learners and their devices (the `users` and `devices` read models).
+//! - [`catalog`]: the latest version of every published topic.
 
+pub mod catalog;
 pub mod users;
 
 use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};

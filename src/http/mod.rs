@@ -4,8 +4,10 @@
 //! - [`error`]: the error type and its JSON shape.
 //! - [`extract`]: JSON bodies, the authenticated learner, request metadata.
 //! - [`users`]: device registration, token refresh, the learner's own profile.
+//! - [`catalog`]: the catalogue of majors, subjects and topics.
 //! - [`health`]: liveness and readiness.
 
+pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -38,6 +40,7 @@ pub struct AppState {
     pub store: EventStore,
     pub keys: Keys,
     pub users: ProjectionStatus,
+    pub topics: ProjectionStatus,
     pub read_your_writes_timeout: Duration,
     pub ready_max_lag: u64,
 }
@@ -45,7 +48,7 @@ pub struct AppState {
 impl AppState {
     /// All running projections, for readiness and read-your-writes.
     pub fn projections(&self) -> Vec<&ProjectionStatus> {
-        vec![&self.users]
+        vec![&self.users, &self.topics]
     }
 
     /// Waits (bounded) until the users read model has applied `position`.
@@ -79,7 +82,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/devices", post(users::register_device))
         .route("/auth/refresh", post(users::refresh))
-        .route("/me", get(users::me).put(users::rename));
+        .route("/me", get(users::me).put(users::rename))
+        .route("/catalog", get(catalog::catalog))
+        .route("/topics/{topic_id}", get(catalog::topic));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))

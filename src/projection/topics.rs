@@ -1,0 +1,66 @@
+//! The `topics` read model, from [`teachback_projections::catalog`].
+
+use async_trait::async_trait;
+use teachback_events::{RecordedEvent, TopicPublished};
+use teachback_projections::catalog::{self, CatalogChange};
+
+use super::Projector;
+use crate::db::{Db, DbTx};
+use crate::{with_pool, with_tx};
+
+pub struct TopicsProjector;
+
+#[async_trait]
+impl Projector for TopicsProjector {
+    fn name(&self) -> &'static str {
+        catalog::NAME
+    }
+
+    async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        for event in events {
+            for CatalogChange::TopicUpserted { topic, at } in catalog::project(event)? {
+                let json = serde_json::to_string(&topic)?;
+                with_tx!(tx, conn => {
+                    sqlx::query(
+                        "INSERT INTO topics (topic_id, major_id, subject_id, topic, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (topic_id) DO UPDATE SET \
+                         major_id = excluded.major_id, subject_id = excluded.subject_id, \
+                         topic = excluded.topic, updated_at = excluded.updated_at",
+                    )
+                    .bind(&topic.topic_id)
+                    .bind(&topic.major.id)
+                    .bind(&topic.subject.id)
+                    .bind(json)
+                    .bind(at.as_microsecond())
+                    .execute(conn)
+                    .await?;
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode(json: &str) -> Result<TopicPublished, sqlx::Error> {
+    serde_json::from_str(json).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Every topic, ordered by major, subject and topic id.
+pub async fn all_topics(db: &Db) -> Result<Vec<TopicPublished>, sqlx::Error> {
+    let rows: Vec<String> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT topic FROM topics ORDER BY major_id, subject_id, topic_id")
+            .fetch_all(pool)
+            .await?
+    });
+    rows.iter().map(|r| decode(r)).collect()
+}
+
+pub async fn find_topic(db: &Db, topic_id: &str) -> Result<Option<TopicPublished>, sqlx::Error> {
+    let row: Option<String> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT topic FROM topics WHERE topic_id = $1")
+            .bind(topic_id)
+            .fetch_optional(pool)
+            .await?
+    });
+    row.as_deref().map(decode).transpose()
+}
