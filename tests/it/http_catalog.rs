@@ -13,15 +13,7 @@ async fn the_starter_catalogue_is_served_as_a_tree_and_republished_idempotently_
     db: &TestDb,
 ) {
     let app = spawn_app(db).await;
-    let catalog: Value = app
-        .http
-        .get(app.url("/api/v1/catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = app.get_json("/api/v1/catalog", None).await;
     let majors = catalog["majors"].as_array().unwrap();
     assert!(majors.len() >= 3);
     let topics: Vec<&Value> = majors
@@ -46,14 +38,8 @@ async fn the_starter_catalogue_is_served_as_a_tree_and_republished_idempotently_
     }
 
     let tcp: Value = app
-        .http
-        .get(app.url("/api/v1/topics/cs.networking.tcp-vs-udp"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/topics/cs.networking.tcp-vs-udp", None)
+        .await;
     assert_eq!(tcp["title"]["ko"], "TCP와 UDP");
     assert_eq!(tcp["major"]["id"], "cs");
     let missing = app

@@ -52,15 +52,8 @@ async fn a_new_device_gets_a_learner_with_a_default_name_and_working_tokens(db: 
     assert_eq!(creds["tokenType"], "Bearer");
 
     let me: Value = app
-        .http
-        .get(app.url("/api/v1/me"))
-        .bearer_auth(creds["accessToken"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/me", Some(creds["accessToken"].as_str().unwrap()))
+        .await;
     assert_eq!(me["userId"], creds["userId"]);
     assert_eq!(me["name"], creds["name"]);
 
@@ -148,15 +141,8 @@ async fn a_rename_is_visible_to_the_very_next_read(db: &TestDb) {
         assert_eq!(put.status(), 200);
         assert_eq!(put.json::<Value>().await.unwrap()["name"], name);
         let me: Value = app
-            .http
-            .get(app.url("/api/v1/me"))
-            .bearer_auth(creds["accessToken"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json("/api/v1/me", Some(creds["accessToken"].as_str().unwrap()))
+            .await;
         assert_eq!(me["name"], name);
     }
     // Renaming to the current name changes nothing and appends nothing.
@@ -436,16 +422,7 @@ async fn bad_input_gets_a_clear_error_and_leaves_the_log_untouched(db: &TestDb) 
         head,
         "bad input reached the log"
     );
-    let me: Value = app
-        .http
-        .get(app.url("/api/v1/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/api/v1/me", Some(&token)).await;
     assert_eq!(me["name"], creds["name"], "bad input changed the learner");
 }
 

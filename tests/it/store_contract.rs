@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use teachback::store::{
-    AppendError, Direction, EventStore, ExpectedVersion, StreamAppend, SubscriptionMessage,
+    AppendError, Direction, ExpectedVersion, StreamAppend, SubscriptionMessage,
 };
 use teachback_events::{Metadata, NewEvent, RecordedEvent};
 use uuid::Uuid;
@@ -368,11 +368,7 @@ async fn thirty_two_writers_times_a_thousand_events_reach_a_live_subscriber_exac
                 let e = event(w * 1_000 + n);
                 ids.push(e.id);
                 store
-                    .append_to_stream(
-                        format!("writer-{w}"),
-                        ExpectedVersion::Exact(n as u64).min_or_no_stream(),
-                        vec![e],
-                    )
+                    .append_to_stream(format!("writer-{w}"), expected_before(n as u64), vec![e])
                     .await
                     .unwrap();
             }
@@ -399,18 +395,12 @@ async fn thirty_two_writers_times_a_thousand_events_reach_a_live_subscriber_exac
     }
 }
 
-/// `Exact(n)` for n > 0, `NoStream` for the first event: the strictest expectation.
-trait FirstIsNoStream {
-    fn min_or_no_stream(self) -> ExpectedVersion;
-}
-
-impl FirstIsNoStream for ExpectedVersion {
-    fn min_or_no_stream(self) -> ExpectedVersion {
-        match self {
-            ExpectedVersion::Exact(0) => ExpectedVersion::NoStream,
-            ExpectedVersion::Exact(n) => ExpectedVersion::Exact(n - 1),
-            other => other,
-        }
+/// The strictest expectation for appending the stream's `n`th event (0-based): `NoStream` for
+/// the first, otherwise exactly the version before it.
+fn expected_before(n: u64) -> ExpectedVersion {
+    match n {
+        0 => ExpectedVersion::NoStream,
+        n => ExpectedVersion::Exact(n - 1),
     }
 }
 
@@ -505,11 +495,6 @@ async fn caught_up_comes_after_the_backlog_and_before_live_events(db: &TestDb) {
         SubscriptionMessage::Event(e) => assert_eq!(e.payload["n"], 3),
         other => panic!("expected the live event, got {other:?}"),
     }
-}
-
-#[allow(dead_code)]
-fn _assert_store_is_send_sync(s: EventStore) -> impl Send + Sync {
-    s
 }
 
 async fn a_writer_whose_cached_versions_went_stale_never_misplaces_or_misjudges_an_append(
