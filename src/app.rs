@@ -2,16 +2,22 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::auth::{self, Keys};
+use crate::blob;
 use crate::catalog;
 use crate::config::Config;
 use crate::db::{ConnectOptions, Db};
 use crate::http::{self, AppState};
-use crate::projection::{self, topics::TopicsProjector, users::UsersProjector};
+use crate::live::segment::SegmentRules;
+use crate::live::wal::{AudioWal, Recovered};
+use crate::live::{Live, LiveSettings};
+use crate::projection::lectures::{LecturesProjector, unfinished_lectures};
+use crate::projection::{self, ProjectionStatus, topics::TopicsProjector, users::UsersProjector};
 use crate::store::{EventStore, SqlBackend};
 
 /// A built application, ready to serve.
@@ -49,6 +55,8 @@ impl App {
         let users = projection::spawn(db.clone(), store.clone(), Arc::new(UsersProjector)).await?;
         let topics =
             projection::spawn(db.clone(), store.clone(), Arc::new(TopicsProjector)).await?;
+        let lectures =
+            projection::spawn(db.clone(), store.clone(), Arc::new(LecturesProjector)).await?;
         let published = catalog::publish(&store, catalog::starter())
             .await
             .context("publishing the starter catalogue")?;
@@ -57,6 +65,11 @@ impl App {
             .await;
         let secret = auth::load_or_create_secret(config.jwt_secret.as_ref(), &config.data_dir)?;
         let keys = Keys::new(&secret, config.access_token_ttl());
+        let blobs = blob::open(&config.blob_url())?;
+        let (wal, recovered) = AudioWal::open(&config.data_dir.join("wal"))?;
+        let live = Live::new(store.clone(), blobs.clone(), wal, live_settings(config));
+        let recovered = recover_lectures(&db, &store, &lectures, &live, recovered).await?;
+        tracing::info!(blobs = %blobs.describe(), recovered, "live lectures ready");
         tracing::info!(database = ?db.dialect(), head = *store.committed().borrow(), "storage ready");
         Ok(App {
             state: AppState {
@@ -67,6 +80,17 @@ impl App {
                 topics,
                 read_your_writes_timeout: config.read_your_writes_timeout(),
                 ready_max_lag: config.ready_max_lag,
+                admin_token_hash: config.admin_token.as_ref().map(|t| {
+                    use secrecy::ExposeSecret;
+                    use sha2::Digest;
+                    sha2::Sha256::digest(t.expose_secret().as_bytes()).into()
+                }),
+                blobs,
+                live,
+                lectures,
+                public_url: config.public_url().into(),
+                upload_url_ttl: Duration::from_secs(config.upload_url_ttl_secs),
+                max_recording_bytes: config.max_recording_bytes,
             },
             max_body_bytes: config.max_body_bytes,
         })
@@ -90,6 +114,47 @@ impl App {
         tracing::info!("shut down cleanly");
         Ok(())
     }
+}
+
+fn live_settings(config: &Config) -> LiveSettings {
+    LiveSettings {
+        rules: SegmentRules {
+            pause: Duration::from_millis(config.vad_pause_ms),
+            max_len: Duration::from_millis(config.segment_max_ms),
+            ..SegmentRules::default()
+        },
+        max_lecture: Duration::from_secs(config.lecture_max_secs),
+        grace: Duration::from_secs(config.resume_grace_secs),
+        max_per_user: config.max_live_lectures_per_user,
+        max_recording_bytes: config.max_recording_bytes,
+    }
+}
+
+/// Brings back the live lectures an earlier run left unfinished (a crash or a restart).
+async fn recover_lectures(
+    db: &Db,
+    store: &EventStore,
+    lectures: &ProjectionStatus,
+    live: &Live,
+    recovered: Recovered,
+) -> anyhow::Result<usize> {
+    let head = store.head().await?;
+    anyhow::ensure!(
+        lectures.wait_for(head, Duration::from_secs(60)).await,
+        "the lectures projection did not catch up with the log within a minute"
+    );
+    let mut unfinished = Vec::new();
+    for id in unfinished_lectures(db).await? {
+        let events = store
+            .read_stream_all(&teachback_events::streams::lecture(id))
+            .await?;
+        if let Some(lecture) = teachback_projections::lectures::Lecture::fold(&events)?
+            && !lecture.status.is_terminal()
+        {
+            unfinished.push(lecture);
+        }
+    }
+    Ok(live.recover(unfinished, recovered))
 }
 
 /// Creates the data dir if it is missing. A new one is private to the server's user (0700): it

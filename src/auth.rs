@@ -43,13 +43,56 @@ pub enum TokenError {
     Invalid,
 }
 
-/// Signs and checks access tokens.
+/// Signs and checks access tokens, and purpose-bound grants (see [`Grant`]).
 #[derive(Clone)]
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    upload: PurposeKey,
+    share: PurposeKey,
+}
+
+/// What a [`Grant`] allows. Each purpose signs with its own key derived from the secret, so a
+/// grant can never pass as an access token or as a grant of another purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Upload one lecture's recording (a signed upload URL).
+    Upload,
+    /// Watch one lecture (a share link).
+    Share,
+}
+
+#[derive(Clone)]
+struct PurposeKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl PurposeKey {
+    fn derive(secret: &[u8], purpose: &str) -> PurposeKey {
+        let key = Sha256::digest([purpose.as_bytes(), b"\0", secret].concat());
+        PurposeKey {
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
+        }
+    }
+}
+
+/// A signed, expiring permission about one lecture: an upload URL's signature or a share token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The lecture.
+    pub sub: Uuid,
+    pub iss: String,
+    pub exp: i64,
+    /// Upload grants: the only content type accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ct: Option<String>,
+    /// Upload grants: the largest body accepted, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
 }
 
 impl Keys {
@@ -66,7 +109,47 @@ impl Keys {
             decoding: DecodingKey::from_secret(bytes),
             validation,
             ttl,
+            upload: PurposeKey::derive(bytes, "upload"),
+            share: PurposeKey::derive(bytes, "share"),
         }
+    }
+
+    fn purpose(&self, purpose: Purpose) -> &PurposeKey {
+        match purpose {
+            Purpose::Upload => &self.upload,
+            Purpose::Share => &self.share,
+        }
+    }
+
+    /// Signs a grant for `purpose`.
+    pub fn sign_grant(&self, purpose: Purpose, grant: &Grant) -> anyhow::Result<String> {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            grant,
+            &self.purpose(purpose).encoding,
+        )
+        .context("signing a grant")
+    }
+
+    /// A new grant about `lecture`, valid for `ttl`.
+    pub fn grant(&self, lecture: Uuid, ttl: Duration) -> Grant {
+        Grant {
+            sub: lecture,
+            iss: ISSUER.to_owned(),
+            exp: jiff::Timestamp::now().as_second() + ttl.as_secs() as i64,
+            ct: None,
+            max: None,
+        }
+    }
+
+    /// Checks a grant's signature (for `purpose`), issuer and expiry.
+    pub fn verify_grant(&self, purpose: Purpose, token: &str) -> Result<Grant, TokenError> {
+        jsonwebtoken::decode::<Grant>(token, &self.purpose(purpose).decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
     }
 
     /// A new access token for `user`, and when it expires (Unix seconds).
@@ -192,6 +275,34 @@ mod tests {
         let other = Keys::new(&SecretString::from("o".repeat(40)), Duration::from_secs(60));
         assert_eq!(other.verify(&token).unwrap_err(), TokenError::Invalid);
         assert_eq!(keys().verify("not.a.jwt").unwrap_err(), TokenError::Invalid);
+    }
+
+    #[test]
+    fn grants_are_bound_to_their_purpose() {
+        let keys = keys();
+        let lecture = Uuid::now_v7();
+        let mut grant = keys.grant(lecture, Duration::from_secs(60));
+        grant.ct = Some("audio/webm".into());
+        grant.max = Some(10);
+        let upload = keys.sign_grant(Purpose::Upload, &grant).unwrap();
+        assert_eq!(keys.verify_grant(Purpose::Upload, &upload).unwrap(), grant);
+        // Neither a share token nor an access token.
+        assert_eq!(
+            keys.verify_grant(Purpose::Share, &upload).unwrap_err(),
+            TokenError::Invalid
+        );
+        assert_eq!(keys.verify(&upload).unwrap_err(), TokenError::Invalid);
+        let (access, _) = keys.issue(lecture).unwrap();
+        assert_eq!(
+            keys.verify_grant(Purpose::Upload, &access).unwrap_err(),
+            TokenError::Invalid
+        );
+        grant.exp = jiff::Timestamp::now().as_second() - 60;
+        let expired = keys.sign_grant(Purpose::Share, &grant).unwrap();
+        assert_eq!(
+            keys.verify_grant(Purpose::Share, &expired).unwrap_err(),
+            TokenError::Expired
+        );
     }
 
     #[test]

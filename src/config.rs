@@ -59,6 +59,51 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_POLL_INTERVAL_MS", default_value_t = 500)]
     pub poll_interval_ms: u64,
 
+    /// Where audio blobs go: a directory path (default `<data dir>/audio`), `file:///abs/path`,
+    /// or `s3://bucket/prefix` (needs the `s3` feature; endpoint and credentials from `AWS_*`).
+    #[arg(long, env = "TEACHBACK_BLOB_URL")]
+    pub blob_url: Option<String>,
+
+    /// Bearer token for the admin endpoints (`/api/v1/admin/…`). Unset: admin endpoints are off.
+    #[arg(long, env = "TEACHBACK_ADMIN_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+
+    /// The server's public base URL, used to build upload URLs. Default: `http://<addr>`.
+    #[arg(long, env = "TEACHBACK_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// A pause in speech at least this long (ms) closes an audio segment.
+    #[arg(long, env = "TEACHBACK_VAD_PAUSE_MS", default_value_t = 600)]
+    pub vad_pause_ms: u64,
+
+    /// Longest audio segment (ms); a segment is closed at this length even without a pause.
+    #[arg(long, env = "TEACHBACK_SEGMENT_MAX_MS", default_value_t = 15_000)]
+    pub segment_max_ms: u64,
+
+    /// Longest lecture (seconds of audio); at this length the lecture is finished.
+    #[arg(long, env = "TEACHBACK_LECTURE_MAX_SECS", default_value_t = 600)]
+    pub lecture_max_secs: u64,
+
+    /// How long an interrupted live lecture waits for its learner to reconnect (seconds).
+    #[arg(long, env = "TEACHBACK_RESUME_GRACE_SECS", default_value_t = 120)]
+    pub resume_grace_secs: u64,
+
+    /// Most live lectures one learner may have at once.
+    #[arg(
+        long,
+        env = "TEACHBACK_MAX_LIVE_LECTURES_PER_USER",
+        default_value_t = 1
+    )]
+    pub max_live_lectures_per_user: usize,
+
+    /// Largest recording accepted whole (container formats and REST uploads), in bytes.
+    #[arg(long, env = "TEACHBACK_MAX_RECORDING_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_recording_bytes: u64,
+
+    /// Lifetime of a signed upload URL, in seconds.
+    #[arg(long, env = "TEACHBACK_UPLOAD_URL_TTL_SECS", default_value_t = 900)]
+    pub upload_url_ttl_secs: u64,
+
     /// Log filter, in `tracing` env-filter syntax (e.g. `info,teachback=debug`).
     #[arg(long, env = "TEACHBACK_LOG", default_value = "info")]
     pub log: String,
@@ -94,6 +139,22 @@ impl Config {
 
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// The blob store URL: the configured one, or the `audio` folder in the data dir.
+    pub fn blob_url(&self) -> String {
+        match &self.blob_url {
+            Some(url) => url.clone(),
+            None => self.data_dir.join("audio").display().to_string(),
+        }
+    }
+
+    /// The public base URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     /// The configuration with no flags: defaults, overridden by any `TEACHBACK_*` variables set.

@@ -7,13 +7,16 @@
 //! - [`projection`]: the checkpointed projection runner and the SQL read models it maintains.
 //! - [`auth`]: access tokens (JWT), device tokens, the signing secret.
 //! - [`users`]: learners' commands: register a device, rename (with unique names).
+//! - [`blob`]: audio blob storage (local filesystem, or S3 with the `s3` feature).
 //! - [`catalog`]: the starter catalogue and publishing topics.
+//! - [`live`]: live lectures: the actor per lecture, audio WAL, segmenting, the protocol.
 //! - [`http`]: the HTTP API: routes, errors, extractors.
 //! - [`app`]: wiring it all together, serving until shutdown.
 //! - [`cli`]: the `teachback` command line.
 
 pub mod app;
 pub mod auth;
+pub mod blob;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -22,3 +25,4 @@ pub mod http;
 pub mod projection;
 pub mod store;
 pub mod users;
+pub mod live;

@@ -18,8 +18,10 @@ pub mod streams;
 pub mod upcast;
 
 pub use domain::{
-    CatalogEntry, DeviceRegistered, Event, EventKind, Localized, LocalizedList, TopicPublished,
-    UserRenamed, UsernameClaimed, UsernameReleased,
+    AudioFormat, AudioSegmentStored, CatalogEntry, DeviceRegistered, Event, EventKind,
+    FinishReason, LectureAbandoned, LectureCancelled, LectureFinished, LectureMode, LecturePaused,
+    LectureResumed, LectureStarted, Localized, LocalizedList, TopicPublished, UserRenamed,
+    UsernameClaimed, UsernameReleased,
 };
 pub use envelope::{ClientInfo, Metadata, NewEvent, RecordedEvent};
 pub use upcast::DecodeError;

@@ -6,6 +6,8 @@ use uuid::Uuid;
 pub const USER_PREFIX: &str = "user-";
 /// Prefix of the name-reservation streams that make nicknames unique.
 pub const USERNAME_PREFIX: &str = "username-";
+/// Prefix of every lecture's stream.
+pub const LECTURE_PREFIX: &str = "lecture-";
 /// The catalogue stream: every topic ever published.
 pub const CATALOG: &str = "catalog";
 
@@ -17,4 +19,9 @@ pub fn user(user_id: Uuid) -> String {
 /// The reservation stream for a normalised nickname key (see the server's name rules).
 pub fn username(key: &str) -> String {
     format!("{USERNAME_PREFIX}{key}")
+}
+
+/// The stream of one lecture: its start, audio segments, state changes and end.
+pub fn lecture(lecture_id: Uuid) -> String {
+    format!("{LECTURE_PREFIX}{lecture_id}")
 }

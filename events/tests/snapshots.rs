@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 use jiff::Timestamp;
 use teachback_events::{
-    CatalogEntry, ClientInfo, DeviceRegistered, Event, EventKind, Metadata, RecordedEvent,
-    TopicPublished, UserRenamed, UsernameClaimed, UsernameReleased,
+    AudioFormat, AudioSegmentStored, CatalogEntry, ClientInfo, DeviceRegistered, Event, EventKind,
+    FinishReason, LectureAbandoned, LectureCancelled, LectureFinished, LectureMode, LecturePaused,
+    LectureResumed, LectureStarted, Metadata, RecordedEvent, TopicPublished, UserRenamed,
+    UsernameClaimed, UsernameReleased,
 };
 use uuid::Uuid;
 
@@ -73,6 +75,48 @@ fn sample(kind: EventKind) -> Event {
             ]
             .into_iter()
             .collect(),
+        }),
+        EventKind::LectureStarted => Event::LectureStarted(LectureStarted {
+            lecture_id: uuid(3),
+            user_id: uuid(1),
+            topic_id: "cs.networking.tcp-vs-udp".into(),
+            format: AudioFormat::PcmS16le,
+            sample_rate: Some(16_000),
+            language: "ko".into(),
+            mode: LectureMode::Live,
+        }),
+        EventKind::AudioSegmentStored => Event::AudioSegmentStored(AudioSegmentStored {
+            lecture_id: uuid(3),
+            index: 0,
+            blob_key: "lectures/01900000-0000-7000-8000-000000000003/segment-000000.wav".into(),
+            bytes: 96_044,
+            duration_ms: Some(3_000),
+            sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+            first_seq: 1,
+            last_seq: 30,
+        }),
+        EventKind::LecturePaused => Event::LecturePaused(LecturePaused {
+            lecture_id: uuid(3),
+            at_ms: 3_000,
+        }),
+        EventKind::LectureResumed => Event::LectureResumed(LectureResumed {
+            lecture_id: uuid(3),
+            at_ms: 3_000,
+        }),
+        EventKind::LectureFinished => Event::LectureFinished(LectureFinished {
+            lecture_id: uuid(3),
+            duration_ms: Some(61_200),
+            segments: 7,
+            reason: FinishReason::Learner,
+        }),
+        EventKind::LectureCancelled => Event::LectureCancelled(LectureCancelled {
+            lecture_id: uuid(3),
+            segments: 1,
+        }),
+        EventKind::LectureAbandoned => Event::LectureAbandoned(LectureAbandoned {
+            lecture_id: uuid(3),
+            segments: 2,
+            duration_ms: Some(20_100),
         }),
     }
 }

@@ -8,8 +8,10 @@
 //! # Layout
 //! - [`users`]: learners and their devices (the `users` and `devices` read models).
 //! - [`catalog`]: the latest version of every published topic.
+//! - [`lectures`]: one lecture folded from its stream; the `lectures` read model.
 
 pub mod catalog;
+pub mod lectures;
 pub mod users;
 
 use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};

@@ -58,9 +58,7 @@ pub fn project(event: &RecordedEvent) -> Result<Vec<UsersChange>, DecodeError> {
             name: e.name,
             updated_at: at,
         }],
-        Event::UsernameClaimed(_) | Event::UsernameReleased(_) | Event::TopicPublished(_) => {
-            Vec::new()
-        }
+        _ => Vec::new(),
     })
 }
 

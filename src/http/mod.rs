@@ -7,12 +7,16 @@
 //! - [`catalog`]: the catalogue of majors, subjects and topics.
 //! - [`health`]: liveness and readiness.
 
+pub mod admin;
 pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod lectures;
+pub mod live;
 pub mod users;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -23,7 +27,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use crate::auth::Keys;
+use crate::blob::BlobStore;
 use crate::db::Db;
+use crate::live::Live;
 use crate::projection::ProjectionStatus;
 use crate::store::EventStore;
 use error::ApiError;
@@ -41,14 +47,25 @@ pub struct AppState {
     pub keys: Keys,
     pub users: ProjectionStatus,
     pub topics: ProjectionStatus,
+    pub lectures: ProjectionStatus,
     pub read_your_writes_timeout: Duration,
     pub ready_max_lag: u64,
+    /// SHA-256 of the admin token; `None` turns the admin endpoints off.
+    pub admin_token_hash: Option<[u8; 32]>,
+    /// Where audio is stored.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The live lectures of this instance.
+    pub live: Live,
+    /// Base URL for links the API hands out (upload URLs), without a trailing slash.
+    pub public_url: Arc<str>,
+    pub upload_url_ttl: Duration,
+    pub max_recording_bytes: u64,
 }
 
 impl AppState {
     /// All running projections, for readiness and read-your-writes.
     pub fn projections(&self) -> Vec<&ProjectionStatus> {
-        vec![&self.users, &self.topics]
+        vec![&self.users, &self.topics, &self.lectures]
     }
 
     /// Waits (bounded) until the users read model has applied `position`.
@@ -84,7 +101,28 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/auth/refresh", post(users::refresh))
         .route("/me", get(users::me).put(users::rename))
         .route("/catalog", get(catalog::catalog))
-        .route("/topics/{topic_id}", get(catalog::topic));
+        .route("/topics/{topic_id}", get(catalog::topic))
+        .route("/live", get(live::live))
+        .route("/lectures", post(lectures::create))
+        .route("/lectures/{id}", get(lectures::get_lecture))
+        .route("/lectures/{id}/finish", post(lectures::finish))
+        .route("/lectures/{id}/cancel", post(lectures::cancel))
+        .route("/lectures/{id}/share", post(lectures::share))
+        .route("/lectures/{id}/watch", get(lectures::watch))
+        .route("/lectures/{id}/events", get(lectures::events))
+        .route(
+            "/lectures/{id}/segments/{index}",
+            get(lectures::segment_audio),
+        )
+        .route(
+            "/uploads/{id}",
+            axum::routing::put(lectures::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/admin/topics", post(admin::create_topic))
+        .route(
+            "/admin/topics/{topic_id}",
+            axum::routing::put(admin::put_topic),
+        );
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))

@@ -6,6 +6,7 @@
 //! skipped. Requests that just wrote can wait for a projection to reach their position
 //! (read-your-writes) through [`ProjectionStatus::wait_for`].
 
+pub mod lectures;
 pub mod topics;
 pub mod users;
 

@@ -308,6 +308,24 @@ impl EventStore {
             .await
     }
 
+    /// A whole stream, forwards, read in pages.
+    pub async fn read_stream_all(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        const PAGE: usize = 1_000;
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        loop {
+            let from = events.last().map_or(0, |e| e.stream_version + 1);
+            let page = self
+                .backend
+                .read_stream(stream, from, Direction::Forwards, PAGE)
+                .await?;
+            let done = page.len() < PAGE;
+            events.extend(page);
+            if done {
+                return Ok(events);
+            }
+        }
+    }
+
     /// The last event of a stream, if the stream exists.
     pub async fn last_event(&self, stream: &str) -> Result<Option<RecordedEvent>, StoreError> {
         let mut events = self

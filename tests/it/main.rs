@@ -2,9 +2,18 @@
 //!
 //! PostgreSQL tests read `TEACHBACK_TEST_POSTGRES_URL`; when it is unset they are skipped and
 //! one line on stderr says so. `.ci/run` always sets it.
+//!
+//! The S3 blob store test (cargo feature `s3`) reads `TEACHBACK_TEST_S3_ENDPOINT` the same way;
+//! `.ci/run` starts moto's S3 server and sets it too.
 
+#[cfg(feature = "s3")]
+mod blob_s3;
+mod crash;
+mod http_admin;
 mod http_catalog;
 mod http_users;
+mod live;
+mod live_support;
 mod process;
 mod projection_runner;
 mod store_contract;

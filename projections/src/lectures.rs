@@ -1,0 +1,294 @@
+//! Lectures: the state of one lecture folded from its stream, and the `lectures` read model
+//! (one row per lecture with its owner and status) that lists them.
+
+use jiff::Timestamp;
+use teachback_events::{
+    AudioFormat, AudioSegmentStored, DecodeError, Event, LectureMode, LectureStarted, RecordedEvent,
+};
+use uuid::Uuid;
+
+/// The projection's name; its checkpoint is stored under it.
+pub const NAME: &str = "lectures";
+
+/// Where a lecture is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LectureStatus {
+    /// Started and taking audio.
+    Recording,
+    Paused,
+    Finished,
+    Cancelled,
+    Abandoned,
+}
+
+impl LectureStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LectureStatus::Recording => "recording",
+            LectureStatus::Paused => "paused",
+            LectureStatus::Finished => "finished",
+            LectureStatus::Cancelled => "cancelled",
+            LectureStatus::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LectureStatus> {
+        [
+            LectureStatus::Recording,
+            LectureStatus::Paused,
+            LectureStatus::Finished,
+            LectureStatus::Cancelled,
+            LectureStatus::Abandoned,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Whether the lecture has ended (no more audio or state changes).
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            LectureStatus::Finished | LectureStatus::Cancelled | LectureStatus::Abandoned
+        )
+    }
+}
+
+/// One lecture, folded from its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lecture {
+    pub started: LectureStarted,
+    pub started_at: Timestamp,
+    pub status: LectureStatus,
+    pub segments: Vec<AudioSegmentStored>,
+    /// The last chunk sequence number durably stored in a segment (0: none yet).
+    pub stored_through_seq: u64,
+    /// Audio stored in segments, in milliseconds.
+    pub stored_ms: u64,
+    pub ended_at: Option<Timestamp>,
+    /// The stream version of the last event folded in.
+    pub version: u64,
+}
+
+/// Why a lecture stream could not be folded.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("lecture stream `{0}` does not start with LectureStarted")]
+    NoStart(String),
+}
+
+impl Lecture {
+    pub fn id(&self) -> Uuid {
+        self.started.lecture_id
+    }
+
+    pub fn owner(&self) -> Uuid {
+        self.started.user_id
+    }
+
+    pub fn format(&self) -> AudioFormat {
+        self.started.format
+    }
+
+    pub fn mode(&self) -> LectureMode {
+        self.started.mode
+    }
+
+    /// Folds a whole lecture stream (in stream order). `Ok(None)` for an empty stream.
+    pub fn fold(events: &[RecordedEvent]) -> Result<Option<Lecture>, FoldError> {
+        let mut iter = events.iter();
+        let Some(first) = iter.next() else {
+            return Ok(None);
+        };
+        let mut lecture = match crate::decode_known(first)? {
+            Some(Event::LectureStarted(started)) => Lecture {
+                started,
+                started_at: first.recorded_at,
+                status: LectureStatus::Recording,
+                segments: Vec::new(),
+                stored_through_seq: 0,
+                stored_ms: 0,
+                ended_at: None,
+                version: first.stream_version,
+            },
+            _ => return Err(FoldError::NoStart(first.stream.clone())),
+        };
+        for event in iter {
+            lecture.apply(event)?;
+        }
+        Ok(Some(lecture))
+    }
+
+    /// Folds in the next event of the lecture's stream.
+    pub fn apply(&mut self, event: &RecordedEvent) -> Result<(), DecodeError> {
+        self.version = event.stream_version;
+        let Some(decoded) = crate::decode_known(event)? else {
+            return Ok(());
+        };
+        match decoded {
+            Event::AudioSegmentStored(segment) => {
+                self.stored_through_seq = self.stored_through_seq.max(segment.last_seq);
+                self.stored_ms += segment.duration_ms.unwrap_or(0);
+                self.segments.push(segment);
+            }
+            Event::LecturePaused(_) => self.status = LectureStatus::Paused,
+            Event::LectureResumed(_) => self.status = LectureStatus::Recording,
+            Event::LectureFinished(_) => self.end(LectureStatus::Finished, event.recorded_at),
+            Event::LectureCancelled(_) => self.end(LectureStatus::Cancelled, event.recorded_at),
+            Event::LectureAbandoned(_) => self.end(LectureStatus::Abandoned, event.recorded_at),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, status: LectureStatus, at: Timestamp) {
+        self.status = status;
+        self.ended_at = Some(at);
+    }
+}
+
+/// A change to the `lectures` read model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LecturesChange {
+    Started {
+        lecture_id: Uuid,
+        user_id: Uuid,
+        topic_id: String,
+        mode: LectureMode,
+        at: Timestamp,
+    },
+    StatusChanged {
+        lecture_id: Uuid,
+        status: LectureStatus,
+        at: Timestamp,
+    },
+}
+
+/// Maps one event to the changes it makes. Pure.
+pub fn project(event: &RecordedEvent) -> Result<Vec<LecturesChange>, DecodeError> {
+    let at = event.recorded_at;
+    let status = |lecture_id, status| {
+        vec![LecturesChange::StatusChanged {
+            lecture_id,
+            status,
+            at,
+        }]
+    };
+    Ok(match crate::decode_known(event)? {
+        Some(Event::LectureStarted(e)) => vec![LecturesChange::Started {
+            lecture_id: e.lecture_id,
+            user_id: e.user_id,
+            topic_id: e.topic_id,
+            mode: e.mode,
+            at,
+        }],
+        Some(Event::LecturePaused(e)) => status(e.lecture_id, LectureStatus::Paused),
+        Some(Event::LectureResumed(e)) => status(e.lecture_id, LectureStatus::Recording),
+        Some(Event::LectureFinished(e)) => status(e.lecture_id, LectureStatus::Finished),
+        Some(Event::LectureCancelled(e)) => status(e.lecture_id, LectureStatus::Cancelled),
+        Some(Event::LectureAbandoned(e)) => status(e.lecture_id, LectureStatus::Abandoned),
+        _ => Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teachback_events::{
+        FinishReason, LectureFinished, LecturePaused, LectureResumed, Metadata, NewEvent,
+    };
+
+    fn recorded(version: u64, event: Event) -> RecordedEvent {
+        let new = NewEvent::from_event(&event, Metadata::default());
+        RecordedEvent {
+            position: version + 1,
+            id: new.id,
+            stream: "lecture-x".into(),
+            stream_version: version,
+            event_type: new.event_type,
+            schema_version: new.schema_version,
+            recorded_at: Timestamp::UNIX_EPOCH,
+            metadata: new.metadata,
+            payload: new.payload,
+        }
+    }
+
+    fn segment(index: u32, first: u64, last: u64) -> Event {
+        Event::AudioSegmentStored(AudioSegmentStored {
+            lecture_id: Uuid::nil(),
+            index,
+            blob_key: format!("k{index}"),
+            bytes: 44,
+            duration_ms: Some(100 * (last - first + 1)),
+            sha256: String::new(),
+            first_seq: first,
+            last_seq: last,
+        })
+    }
+
+    #[test]
+    fn a_lecture_folds_segments_pauses_and_its_end() {
+        let id = Uuid::nil();
+        let start = Event::LectureStarted(LectureStarted {
+            lecture_id: id,
+            user_id: Uuid::max(),
+            topic_id: "t".into(),
+            format: AudioFormat::PcmS16le,
+            sample_rate: Some(16_000),
+            language: "ko".into(),
+            mode: LectureMode::Live,
+        });
+        let events = vec![
+            recorded(0, start),
+            recorded(1, segment(0, 1, 10)),
+            recorded(
+                2,
+                Event::LecturePaused(LecturePaused {
+                    lecture_id: id,
+                    at_ms: 1000,
+                }),
+            ),
+        ];
+        let mut lecture = Lecture::fold(&events).unwrap().unwrap();
+        assert_eq!(lecture.status, LectureStatus::Paused);
+        assert_eq!(lecture.stored_through_seq, 10);
+        assert_eq!(lecture.stored_ms, 1000);
+        assert_eq!(lecture.owner(), Uuid::max());
+        lecture
+            .apply(&recorded(
+                3,
+                Event::LectureResumed(LectureResumed {
+                    lecture_id: id,
+                    at_ms: 1000,
+                }),
+            ))
+            .unwrap();
+        assert_eq!(lecture.status, LectureStatus::Recording);
+        lecture.apply(&recorded(4, segment(1, 11, 15))).unwrap();
+        lecture
+            .apply(&recorded(
+                5,
+                Event::LectureFinished(LectureFinished {
+                    lecture_id: id,
+                    duration_ms: Some(1500),
+                    segments: 2,
+                    reason: FinishReason::Learner,
+                }),
+            ))
+            .unwrap();
+        assert_eq!(lecture.status, LectureStatus::Finished);
+        assert!(lecture.status.is_terminal());
+        assert_eq!(lecture.segments.len(), 2);
+        assert_eq!(lecture.stored_through_seq, 15);
+        assert_eq!(lecture.stored_ms, 1500);
+        assert_eq!(lecture.version, 5);
+    }
+
+    #[test]
+    fn a_stream_that_does_not_start_with_lecture_started_is_refused() {
+        let events = vec![recorded(0, segment(0, 1, 1))];
+        assert!(matches!(Lecture::fold(&events), Err(FoldError::NoStart(_))));
+        assert_eq!(Lecture::fold(&[]).unwrap(), None);
+    }
+}

@@ -1,0 +1,792 @@
+//! Lectures over HTTP: the REST fallback (create, signed upload, finish, cancel), reading a
+//! lecture, its audio segments, share links, and following it live over a WebSocket (`watch`)
+//! or Server-Sent Events (`events`).
+//!
+//! Reads fold the lecture's own stream from the log, so they are never behind a projection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use teachback_events::{
+    AudioSegmentStored, Event, FinishReason, LectureCancelled, LectureFinished, LectureMode,
+    LectureStarted, NewEvent, streams,
+};
+use teachback_projections::lectures::{Lecture, LectureStatus};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::error::{ApiError, Result};
+use super::extract::{ApiJson, AuthUser, RequestMeta};
+use super::live::{close, user_from};
+use super::{AppState, POSITION_HEADER};
+use crate::auth::{Purpose, TokenError};
+use crate::live::LiveError;
+use crate::live::lecture::Action;
+use crate::live::protocol::{self, ServerMessage};
+use crate::projection::topics;
+use crate::store::{AppendError, ExpectedVersion};
+
+const DEFAULT_SHARE_TTL: Duration = Duration::from_secs(3600);
+const MAX_SHARE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn not_found() -> ApiError {
+    ApiError::not_found("lecture_not_found", "no such lecture")
+}
+
+impl From<LiveError> for ApiError {
+    fn from(e: LiveError) -> Self {
+        let status = match e.code {
+            "internal" => return ApiError::Internal(anyhow::anyhow!(e.message)),
+            "storage_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, e.code, e.message)
+    }
+}
+
+/// Reads and folds a lecture's stream. `None` if there is no such lecture.
+pub async fn load(state: &AppState, lecture: Uuid) -> Result<Option<Lecture>> {
+    let events = state
+        .store
+        .read_stream_all(&streams::lecture(lecture))
+        .await?;
+    Lecture::fold(&events).map_err(|e| ApiError::Internal(anyhow::Error::new(e)))
+}
+
+/// A lecture the learner owns; anyone else's is "not found", exactly like a missing one.
+async fn load_owned(state: &AppState, user: Uuid, lecture: Uuid) -> Result<Lecture> {
+    load(state, lecture)
+        .await?
+        .filter(|l| l.owner() == user)
+        .ok_or_else(not_found)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ViewQuery {
+    /// The owner's access token (browsers cannot set headers on WebSockets or EventSource).
+    pub token: Option<String>,
+    /// A share token the owner created.
+    pub share: Option<String>,
+}
+
+/// A lecture its owner, or a holder of its share token, may see.
+async fn load_viewable(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &ViewQuery,
+    lecture: Uuid,
+) -> Result<Lecture> {
+    if let Some(share) = &query.share {
+        let grant = state
+            .keys
+            .verify_grant(Purpose::Share, share)
+            .map_err(|e| match e {
+                TokenError::Expired => {
+                    ApiError::unauthorized("share_token_expired", "the share link has expired")
+                }
+                TokenError::Invalid => {
+                    ApiError::unauthorized("invalid_share_token", "the share token is not valid")
+                }
+            })?;
+        if grant.sub != lecture {
+            return Err(not_found());
+        }
+        return load(state, lecture).await?.ok_or_else(not_found);
+    }
+    let user = user_from(state, headers, query.token.as_deref())?;
+    load_owned(state, user, lecture).await
+}
+
+/// The JSON view of a lecture.
+pub fn view(state: &AppState, lecture: &Lecture) -> Value {
+    let id = lecture.id();
+    let segments: Vec<Value> = lecture
+        .segments
+        .iter()
+        .map(|s| {
+            json!({
+                "index": s.index,
+                "durationMs": s.duration_ms,
+                "bytes": s.bytes,
+                "sha256": s.sha256,
+                "firstSeq": s.first_seq,
+                "lastSeq": s.last_seq,
+                "url": format!("{}/api/v1/lectures/{id}/segments/{}", state.public_url, s.index),
+            })
+        })
+        .collect();
+    let duration_ms = match lecture.format() {
+        f if f.is_pcm() => Some(lecture.stored_ms),
+        _ => None,
+    };
+    json!({
+        "lectureId": id,
+        "userId": lecture.owner(),
+        "topicId": lecture.started.topic_id,
+        "format": lecture.format(),
+        "sampleRate": lecture.started.sample_rate,
+        "language": lecture.started.language,
+        "mode": lecture.mode(),
+        "status": lecture.status.as_str(),
+        "live": state.live.get(id).is_some(),
+        "startedAt": lecture.started_at,
+        "endedAt": lecture.ended_at,
+        "durationMs": duration_ms,
+        "segments": segments,
+        "transcript": null,
+        "score": null,
+        "feedback": null,
+        "version": lecture.version,
+    })
+}
+
+pub async fn get_lecture(
+    State(state): State<AppState>,
+    Path(lecture): Path<Uuid>,
+    Query(query): Query<ViewQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let lecture = load_viewable(&state, &headers, &query, lecture).await?;
+    Ok(Json(view(&state, &lecture)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateLecture {
+    topic_id: String,
+    format: String,
+    #[serde(default)]
+    language: Option<String>,
+}
+
+/// `POST /api/v1/lectures`: a lecture whose recording is uploaded whole through a signed URL.
+pub async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    RequestMeta(mut meta): RequestMeta,
+    ApiJson(body): ApiJson<CreateLecture>,
+) -> Result<Response> {
+    let unprocessable =
+        |code, message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+    let (format, _) = protocol::check_format(&body.format, None, None)
+        .map_err(|(code, message)| unprocessable(code, message))?;
+    if format.is_pcm() {
+        return Err(unprocessable(
+            "unsupported_format",
+            "raw pcm_s16le is streamed over /api/v1/live; upload a container format (webm, ogg, wav, mp4, mp3)".into(),
+        ));
+    }
+    let language = body.language.unwrap_or_else(|| "ko".to_owned());
+    if !protocol::valid_language(&language) {
+        return Err(unprocessable(
+            "invalid_language",
+            "language must be a two-letter ISO 639-1 code such as `ko` or `en`".into(),
+        ));
+    }
+    if topics::find_topic(&state.db, &body.topic_id)
+        .await
+        .map_err(anyhow::Error::new)?
+        .is_none()
+    {
+        return Err(unprocessable(
+            "unknown_topic",
+            format!(
+                "there is no topic `{}` in the catalogue",
+                body.topic_id.chars().take(100).collect::<String>()
+            ),
+        ));
+    }
+    let lecture_id = Uuid::now_v7();
+    meta.acting_user = Some(user);
+    let event = Event::LectureStarted(LectureStarted {
+        lecture_id,
+        user_id: user,
+        topic_id: body.topic_id,
+        format,
+        sample_rate: None,
+        language,
+        mode: LectureMode::Upload,
+    });
+    let appended = state
+        .store
+        .append_to_stream(
+            &streams::lecture(lecture_id),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_event(&event, meta)],
+        )
+        .await?;
+    let mut grant = state.keys.grant(lecture_id, state.upload_url_ttl);
+    grant.ct = Some(format.content_type().to_owned());
+    grant.max = Some(state.max_recording_bytes);
+    let sig = state.keys.sign_grant(Purpose::Upload, &grant)?;
+    let expires_at = jiff::Timestamp::from_second(grant.exp).map_err(anyhow::Error::new)?;
+    let body = json!({
+        "lectureId": lecture_id,
+        "uploadUrl": format!("{}/api/v1/uploads/{lecture_id}?sig={sig}", state.public_url),
+        "method": "PUT",
+        "contentType": format.content_type(),
+        "maxBytes": state.max_recording_bytes,
+        "expiresAt": expires_at,
+    });
+    Ok(with_position(StatusCode::CREATED, body, appended.position))
+}
+
+fn with_position(status: StatusCode, body: Value, position: u64) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(POSITION_HEADER, HeaderValue::from(position));
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    sig: Option<String>,
+}
+
+/// The media type without parameters, lowercased: `audio/webm;codecs=opus` → `audio/webm`.
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// `PUT /api/v1/uploads/{id}?sig=…`: the recording of an upload lecture. The signature is the
+/// authorisation; it fixes the content type and the largest length.
+pub async fn upload(
+    State(state): State<AppState>,
+    Path(lecture_id): Path<Uuid>,
+    Query(query): Query<UploadQuery>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    match check_upload(&state, lecture_id, query, &headers) {
+        Ok(max) => store_upload(state, lecture_id, RequestMeta(meta), max, body).await,
+        Err(e) => {
+            // Read (a bounded part of) what the client is sending before refusing, so that it
+            // gets the answer instead of a connection reset.
+            let _ = axum::body::to_bytes(body, DRAIN_BYTES).await;
+            Err(e)
+        }
+    }
+}
+
+/// How much of a refused upload is read before answering.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Checks an upload's signature, content type and declared length; returns the largest length.
+fn check_upload(
+    state: &AppState,
+    lecture_id: Uuid,
+    query: UploadQuery,
+    headers: &HeaderMap,
+) -> Result<u64> {
+    let forbidden =
+        |code, message: &str| ApiError::new(StatusCode::FORBIDDEN, code, message.to_owned());
+    let sig = query.sig.ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_signature",
+            "use the uploadUrl from POST /api/v1/lectures as it is",
+        )
+    })?;
+    let grant = state
+        .keys
+        .verify_grant(Purpose::Upload, &sig)
+        .map_err(|e| match e {
+            TokenError::Expired => forbidden(
+                "upload_url_expired",
+                "the upload URL has expired; create a new lecture",
+            ),
+            TokenError::Invalid => forbidden(
+                "invalid_signature",
+                "the upload URL's signature is not valid",
+            ),
+        })?;
+    if grant.sub != lecture_id {
+        return Err(forbidden(
+            "invalid_signature",
+            "the upload URL's signature is not valid",
+        ));
+    }
+    let allowed = grant.ct.unwrap_or_default();
+    let sent = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(essence)
+        .unwrap_or_default();
+    if sent != allowed {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type_mismatch",
+            format!("this upload URL accepts `Content-Type: {allowed}` only"),
+        ));
+    }
+    let max = grant.max.unwrap_or(0);
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("this upload URL accepts at most {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    Ok(max)
+}
+
+async fn store_upload(
+    state: AppState,
+    lecture_id: Uuid,
+    RequestMeta(mut meta): RequestMeta,
+    max: u64,
+    body: Body,
+) -> Result<Response> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("this upload URL accepts at most {max} bytes"),
+        )
+    };
+    let bytes = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| too_large())?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_upload",
+            "the recording is empty",
+        ));
+    }
+    let lecture = load(&state, lecture_id).await?.ok_or_else(not_found)?;
+    if lecture.mode() != LectureMode::Upload {
+        return Err(ApiError::conflict(
+            "not_an_upload",
+            "this lecture streams its audio live",
+        ));
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let answer = |lecture: &Lecture| json!({ "lectureId": lecture.id(), "bytes": bytes.len(), "sha256": sha256 });
+    if let Some(existing) = lecture.segments.first() {
+        if existing.sha256 == sha256 {
+            return Ok((StatusCode::OK, Json(answer(&lecture))).into_response());
+        }
+        return Err(ApiError::conflict(
+            "already_uploaded",
+            "this lecture's recording was already uploaded",
+        ));
+    }
+    if lecture.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "lecture_ended",
+            format!("the lecture is {}", lecture.status.as_str()),
+        ));
+    }
+    let key = format!(
+        "lectures/{lecture_id}/segment-000000.{}",
+        lecture.format().extension()
+    );
+    state
+        .blobs
+        .put(&key, bytes.clone())
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("storing an upload")))?;
+    meta.acting_user = Some(lecture.owner());
+    let event = Event::AudioSegmentStored(AudioSegmentStored {
+        lecture_id,
+        index: 0,
+        blob_key: key,
+        bytes: bytes.len() as u64,
+        duration_ms: None,
+        sha256: sha256.clone(),
+        first_seq: 0,
+        last_seq: 0,
+    });
+    let appended = state
+        .store
+        .append_to_stream(
+            &streams::lecture(lecture_id),
+            ExpectedVersion::Exact(lecture.version),
+            vec![NewEvent::from_event(&event, meta)],
+        )
+        .await
+        .map_err(|e| match e {
+            AppendError::WrongExpectedVersion { .. } => ApiError::conflict(
+                "already_uploaded",
+                "the lecture changed while uploading; read it and try again if needed",
+            ),
+            other => other.into(),
+        })?;
+    Ok(with_position(
+        StatusCode::OK,
+        answer(&lecture),
+        appended.position,
+    ))
+}
+
+/// `POST /api/v1/lectures/{id}/finish`.
+pub async fn finish(
+    state: State<AppState>,
+    user: AuthUser,
+    path: Path<Uuid>,
+    meta: RequestMeta,
+) -> Result<Response> {
+    end(state, user, path, meta, Action::Finish).await
+}
+
+/// `POST /api/v1/lectures/{id}/cancel`.
+pub async fn cancel(
+    state: State<AppState>,
+    user: AuthUser,
+    path: Path<Uuid>,
+    meta: RequestMeta,
+) -> Result<Response> {
+    end(state, user, path, meta, Action::Cancel).await
+}
+
+async fn end(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(lecture_id): Path<Uuid>,
+    RequestMeta(mut meta): RequestMeta,
+    action: Action,
+) -> Result<Response> {
+    // A live lecture is ended by its actor, even when the learner's connection is gone.
+    if let Some(result) = state.live.control(user, lecture_id, action).await {
+        result?;
+        let lecture = load_owned(&state, user, lecture_id).await?;
+        return Ok(Json(view(&state, &lecture)).into_response());
+    }
+    let lecture = load_owned(&state, user, lecture_id).await?;
+    let wanted = match action {
+        Action::Finish => LectureStatus::Finished,
+        _ => LectureStatus::Cancelled,
+    };
+    if lecture.status == wanted {
+        return Ok(Json(view(&state, &lecture)).into_response());
+    }
+    if lecture.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "lecture_ended",
+            format!("the lecture is already {}", lecture.status.as_str()),
+        ));
+    }
+    if lecture.mode() == LectureMode::Live {
+        return Err(ApiError::conflict(
+            "lecture_not_live",
+            "the live lecture is not running on this server; reconnect to it first",
+        ));
+    }
+    let segments = lecture.segments.len() as u32;
+    let event = match action {
+        Action::Finish => {
+            if segments == 0 {
+                return Err(ApiError::conflict(
+                    "no_audio",
+                    "upload the recording before finishing",
+                ));
+            }
+            Event::LectureFinished(LectureFinished {
+                lecture_id,
+                duration_ms: None,
+                segments,
+                reason: FinishReason::Learner,
+            })
+        }
+        _ => Event::LectureCancelled(LectureCancelled {
+            lecture_id,
+            segments,
+        }),
+    };
+    meta.acting_user = Some(user);
+    let appended = state
+        .store
+        .append_to_stream(
+            &streams::lecture(lecture_id),
+            ExpectedVersion::Exact(lecture.version),
+            vec![NewEvent::from_event(&event, meta)],
+        )
+        .await
+        .map_err(|e| match e {
+            AppendError::WrongExpectedVersion { .. } => ApiError::conflict(
+                "lecture_changed",
+                "the lecture changed meanwhile; read it and try again",
+            ),
+            other => other.into(),
+        })?;
+    let lecture = load_owned(&state, user, lecture_id).await?;
+    Ok(with_position(
+        StatusCode::OK,
+        view(&state, &lecture),
+        appended.position,
+    ))
+}
+
+/// `GET /api/v1/lectures/{id}/segments/{index}`: a stored segment's audio.
+pub async fn segment_audio(
+    State(state): State<AppState>,
+    Path((lecture_id, index)): Path<(Uuid, u32)>,
+    Query(query): Query<ViewQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let lecture = load_viewable(&state, &headers, &query, lecture_id).await?;
+    let segment = lecture
+        .segments
+        .iter()
+        .find(|s| s.index == index)
+        .ok_or_else(|| {
+            ApiError::not_found("segment_not_found", "the lecture has no such segment")
+        })?;
+    let bytes: Bytes = state
+        .blobs
+        .get(&segment.blob_key)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("reading a segment")))?;
+    let content_type = lecture.format().content_type();
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShareRequest {
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /api/v1/lectures/{id}/share`: a token that lets anyone holding it watch the lecture.
+pub async fn share(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(lecture_id): Path<Uuid>,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    // The body is optional: none, or `{"ttlSecs": n}`.
+    let request: ShareRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ShareRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("the body must be empty or {{\"ttlSecs\": seconds}}: {e}"),
+            )
+        })?
+    };
+    load_owned(&state, user, lecture_id).await?;
+    let ttl = request
+        .ttl_secs
+        .map_or(DEFAULT_SHARE_TTL, Duration::from_secs);
+    if ttl.is_zero() || ttl > MAX_SHARE_TTL {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_ttl",
+            format!("ttlSecs must be between 1 and {}", MAX_SHARE_TTL.as_secs()),
+        ));
+    }
+    let grant = state.keys.grant(lecture_id, ttl);
+    let token = state.keys.sign_grant(Purpose::Share, &grant)?;
+    let ws_base = state
+        .public_url
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    Ok(Json(json!({
+        "token": token,
+        "expiresAt": jiff::Timestamp::from_second(grant.exp).map_err(anyhow::Error::new)?,
+        "watchUrl": format!("{ws_base}/api/v1/lectures/{lecture_id}/watch?share={token}"),
+        "eventsUrl": format!("{}/api/v1/lectures/{lecture_id}/events?share={token}", state.public_url),
+    })))
+}
+
+/// Why a feed stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedEnd {
+    /// The lecture ended (or is not live on this server): everything was sent.
+    Done,
+    /// The observer fell too far behind the live frames; it should reconnect.
+    Lagged,
+}
+
+/// What happened in a lecture and then what happens live, without gaps or duplicates: live
+/// frames are subscribed to *before* the log is read, and any live frame whose stream version
+/// was already sent from the log is skipped. Frames after `after` (a stream version) only.
+pub fn feed(
+    state: AppState,
+    lecture_id: Uuid,
+    after: Option<u64>,
+) -> impl Stream<Item = std::result::Result<Arc<ServerMessage>, FeedEnd>> + Send + 'static {
+    async_stream::stream! {
+        let mut live = state.live.get(lecture_id).map(|h| h.subscribe());
+        let events = match state.store.read_stream_all(&streams::lecture(lecture_id)).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a lecture for a feed failed");
+                yield Err(FeedEnd::Done);
+                return;
+            }
+        };
+        let mut last = after;
+        let mut ended = false;
+        for event in &events {
+            let Ok(decoded) = event.decode() else { continue };
+            let Some(message) = protocol::event_message(&decoded, event.stream_version) else { continue };
+            ended |= is_terminal(&message);
+            if last.is_none_or(|l| event.stream_version > l) {
+                last = Some(event.stream_version);
+                yield Ok(Arc::new(message));
+            }
+        }
+        let version = events.last().map_or(0, |e| e.stream_version);
+        yield Ok(Arc::new(ServerMessage::CaughtUp { lecture_id, version }));
+        if ended {
+            live = None;
+        }
+        let Some(mut rx) = live else {
+            yield Err(FeedEnd::Done);
+            return;
+        };
+        loop {
+            match rx.recv().await {
+                Ok(message) => {
+                    if let Some(v) = message.version() {
+                        if last.is_some_and(|l| v <= l) {
+                            continue;
+                        }
+                        last = Some(v);
+                    }
+                    let terminal = is_terminal(&message);
+                    yield Ok(message);
+                    if terminal {
+                        yield Err(FeedEnd::Done);
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    yield Err(FeedEnd::Lagged);
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    yield Err(FeedEnd::Done);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn is_terminal(message: &ServerMessage) -> bool {
+    matches!(
+        message,
+        ServerMessage::State {
+            state: "finished" | "cancelled" | "abandoned",
+            ..
+        }
+    )
+}
+
+fn lagged() -> ServerMessage {
+    ServerMessage::fatal(
+        "observer_lagged",
+        "this observer fell behind the live frames; reconnect to catch up from the log",
+    )
+}
+
+/// `GET /api/v1/lectures/{id}/watch`: a WebSocket that follows the lecture.
+pub async fn watch(
+    State(state): State<AppState>,
+    Path(lecture_id): Path<Uuid>,
+    Query(query): Query<ViewQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response> {
+    load_viewable(&state, &headers, &query, lecture_id).await?;
+    Ok(ws
+        .max_message_size(protocol::MAX_FRAME_BYTES)
+        .on_upgrade(move |mut socket| async move {
+            let mut frames = std::pin::pin!(feed(state, lecture_id, None));
+            let (code, reason) = loop {
+                tokio::select! {
+                    next = frames.next() => match next {
+                        Some(Ok(message)) => {
+                            if socket.send(Message::Text(message.to_json().into())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(FeedEnd::Lagged)) => {
+                            let _ = socket.send(Message::Text(lagged().to_json().into())).await;
+                            break (close::POLICY, "lagged");
+                        }
+                        Some(Err(FeedEnd::Done)) | None => break (close::NORMAL, "lecture over"),
+                    },
+                    incoming = socket.recv() => match incoming {
+                        Some(Ok(Message::Text(text))) => {
+                            let pong = match serde_json::from_str::<protocol::ClientMessage>(&text) {
+                                Ok(protocol::ClientMessage::Ping { nonce }) => ServerMessage::Pong { nonce },
+                                _ => ServerMessage::error("read_only", "observers can only send `ping`"),
+                            };
+                            if socket.send(Message::Text(pong.to_json().into())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            };
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+                .await;
+        }))
+}
+
+/// `GET /api/v1/lectures/{id}/events`: the same frames as `watch`, as Server-Sent Events. Each
+/// event-backed frame carries its stream version as the SSE id, so a reconnecting `EventSource`
+/// (which sends `Last-Event-ID`) continues where it stopped.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(lecture_id): Path<Uuid>,
+    Query(query): Query<ViewQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    load_viewable(&state, &headers, &query, lecture_id).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let stream = feed(state, lecture_id, after).map(|item| {
+        let event = match item {
+            Ok(message) => {
+                let event = SseEvent::default().data(message.to_json());
+                match message.version() {
+                    Some(v) => event.id(v.to_string()),
+                    None => event,
+                }
+            }
+            Err(FeedEnd::Lagged) => SseEvent::default().data(lagged().to_json()),
+            Err(FeedEnd::Done) => SseEvent::default().event("end").data("{}"),
+        };
+        Ok::<_, std::convert::Infallible>(event)
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}

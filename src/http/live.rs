@@ -1,0 +1,543 @@
+//! `GET /api/v1/live`: the learner's WebSocket. See `docs/protocol.md` ("Live lectures").
+//!
+//! One connection task per socket. It parses frames, forwards audio and commands to the lecture's
+//! actor, and writes back what the actor sends plus acknowledgements, which follow the lecture's
+//! durable sequence (a `watch`, so acknowledgements batch themselves under load).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::RequestMeta;
+use crate::live::lecture::{Action, Command};
+use crate::live::protocol::{
+    self, CLIENT_TYPES, ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage,
+};
+use crate::live::{Attached, Conn, LectureHandle, LiveError, NewLecture};
+use crate::projection::topics;
+
+/// Frames queued for one connection before the lecture considers it too slow.
+const OUT_QUEUE: usize = 512;
+/// The server pings an idle connection this often...
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// ...and closes it when nothing at all has come from the client for this long.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// tungstenite refuses messages beyond this outright; between `MAX_FRAME_BYTES` and this the
+/// server reads the frame and closes with 1009 itself.
+const HARD_LIMIT: usize = 1024 * 1024;
+
+/// Close codes (RFC 6455 and the application range).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    /// The access token, for browsers (which cannot set headers on a WebSocket).
+    pub token: Option<String>,
+}
+
+/// The learner a request's access token names: the `Authorization` header, or else `?token=`.
+pub fn user_from(
+    state: &AppState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Uuid, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|h| {
+            h.to_str()
+                .ok()
+                .and_then(|h| {
+                    h.strip_prefix("Bearer ")
+                        .or_else(|| h.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "invalid_token",
+                        "the Authorization header is not `Bearer <token>`",
+                    )
+                })
+        })
+        .transpose()?;
+    let token = header.or(query_token).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_token",
+            "send the access token as `Authorization: Bearer <token>` or `?token=<token>`",
+        )
+    })?;
+    Ok(state.keys.verify(token)?.sub)
+}
+
+pub async fn live(
+    State(state): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    RequestMeta(meta): RequestMeta,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let user = user_from(&state, &headers, query.token.as_deref())?;
+    let mut meta = meta;
+    meta.acting_user = Some(user);
+    Ok(ws
+        .max_message_size(HARD_LIMIT)
+        .max_frame_size(HARD_LIMIT)
+        .on_upgrade(move |socket| async move {
+            Session::new(state, user, meta).run(socket).await;
+        }))
+}
+
+/// The lecture this connection is attached to.
+struct Current {
+    handle: LectureHandle,
+    durable: watch::Receiver<u64>,
+    /// Set once the lecture ended; audio is then refused with `lecture_finished`.
+    ended: bool,
+    /// The last sequence acknowledged to the client.
+    acked: u64,
+}
+
+struct Session {
+    state: AppState,
+    user: Uuid,
+    meta: teachback_events::Metadata,
+    conn: Conn,
+    out: mpsc::Receiver<Arc<ServerMessage>>,
+    kicked: watch::Receiver<Option<Arc<ServerMessage>>>,
+    current: Option<Current>,
+}
+
+/// What to do after a frame.
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+impl Session {
+    fn new(state: AppState, user: Uuid, meta: teachback_events::Metadata) -> Session {
+        let (out_tx, out) = mpsc::channel(OUT_QUEUE);
+        let (kick, kicked) = watch::channel(None);
+        let conn = Conn {
+            id: state.live.conn_id(),
+            out: out_tx,
+            kick: Arc::new(kick),
+        };
+        Session {
+            state,
+            user,
+            meta,
+            conn,
+            out,
+            kicked,
+            current: None,
+        }
+    }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        let settings = *self.state.live.settings();
+        let hello = ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            max_frame_bytes: MAX_FRAME_BYTES,
+            resume_grace_secs: settings.grace.as_secs(),
+            max_lecture_secs: settings.max_lecture.as_secs(),
+        };
+        let mut flow = send(&mut socket, &hello).await;
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        while let Flow::Continue = flow {
+            let durable = async {
+                match self.current.as_mut() {
+                    Some(c) if !c.ended => c.durable.changed().await.is_ok(),
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                changed = self.kicked.changed() => {
+                    let message = self.kicked.borrow_and_update().clone();
+                    if let (Ok(()), Some(message)) = (changed, message) {
+                        let _ = send(&mut socket, &message).await;
+                        let code = match &*message {
+                            ServerMessage::Error { code: "storage_unavailable", .. } => close::INTERNAL,
+                            _ => close::POLICY,
+                        };
+                        // The lecture let this connection go: do not detach it again.
+                        self.current = None;
+                        flow = Flow::Close(code, "released by the lecture");
+                    }
+                }
+                message = self.out.recv() => {
+                    let message = message.expect("the session holds a sender");
+                    flow = self.flush_ack(&mut socket).await;
+                    if let Flow::Continue = flow {
+                        flow = self.outgoing(&mut socket, &message).await;
+                    }
+                }
+                moved = durable => {
+                    if moved {
+                        flow = self.flush_ack(&mut socket).await;
+                    } else if let Some(c) = self.current.as_mut() {
+                        c.ended = true;
+                    }
+                }
+                incoming = socket.recv() => {
+                    last_heard = Instant::now();
+                    flow = match incoming {
+                        None => break,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "websocket read failed");
+                            // tungstenite refuses messages over its limit: still say why.
+                            if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
+                                Flow::Close(close::TOO_BIG, "frame larger than 64 KiB")
+                            } else {
+                                break;
+                            }
+                        }
+                        Some(Ok(message)) => self.incoming(&mut socket, message).await,
+                    };
+                }
+                _ = ping.tick() => {
+                    flow = if last_heard.elapsed() > IDLE_LIMIT {
+                        Flow::Close(close::GOING_AWAY, "idle")
+                    } else if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                        break;
+                    } else {
+                        Flow::Continue
+                    };
+                }
+            }
+        }
+        if let Flow::Close(code, reason) = flow {
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+        }
+        if let Some(current) = self.current.take()
+            && !current.ended
+        {
+            current
+                .handle
+                .send(Command::Detach {
+                    conn_id: self.conn.id,
+                })
+                .await;
+        }
+    }
+
+    /// Sends an acknowledgement if the durable sequence moved since the last one.
+    async fn flush_ack(&mut self, socket: &mut WebSocket) -> Flow {
+        let Some(current) = self.current.as_mut() else {
+            return Flow::Continue;
+        };
+        let seq = *current.durable.borrow_and_update();
+        if seq <= current.acked {
+            return Flow::Continue;
+        }
+        current.acked = seq;
+        let lecture_id = current.handle.id;
+        send(socket, &ServerMessage::Ack { lecture_id, seq }).await
+    }
+
+    async fn outgoing(&mut self, socket: &mut WebSocket, message: &ServerMessage) -> Flow {
+        if let ServerMessage::State { state, .. } = message
+            && matches!(*state, "finished" | "cancelled" | "abandoned")
+            && let Some(current) = self.current.as_mut()
+        {
+            current.ended = true;
+        }
+        send(socket, message).await
+    }
+
+    async fn incoming(&mut self, socket: &mut WebSocket, message: Message) -> Flow {
+        match message {
+            Message::Text(text) => {
+                if text.len() > MAX_FRAME_BYTES {
+                    return Flow::Close(close::TOO_BIG, "frame larger than 64 KiB");
+                }
+                match parse(text.as_str()) {
+                    Ok(message) => self.command(socket, message).await,
+                    Err(error) => send(socket, &error).await,
+                }
+            }
+            Message::Binary(frame) => {
+                if frame.len() > MAX_FRAME_BYTES {
+                    return Flow::Close(close::TOO_BIG, "frame larger than 64 KiB");
+                }
+                self.audio(socket, frame).await
+            }
+            Message::Close(_) => Flow::Close(close::NORMAL, "bye"),
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+        }
+    }
+
+    async fn audio(&mut self, socket: &mut WebSocket, frame: Bytes) -> Flow {
+        let Some(current) = self.current.as_ref() else {
+            return send(
+                socket,
+                &ServerMessage::error(
+                    "no_lecture",
+                    "start or reconnect to a lecture before sending audio",
+                ),
+            )
+            .await;
+        };
+        let lecture_id = current.handle.id;
+        if current.ended {
+            return send(socket, &lecture_finished(lecture_id)).await;
+        }
+        let Some((seq, _)) = protocol::split_audio(&frame) else {
+            return send(
+                socket,
+                &ServerMessage::error(
+                    "invalid_audio",
+                    "a binary frame is an 8-byte big-endian sequence number followed by audio",
+                ),
+            )
+            .await;
+        };
+        let audio = frame.slice(protocol::SEQ_BYTES..);
+        let delivered = current
+            .handle
+            .send(Command::Audio {
+                conn_id: self.conn.id,
+                seq,
+                audio,
+            })
+            .await;
+        if delivered {
+            Flow::Continue
+        } else {
+            if let Some(c) = self.current.as_mut() {
+                c.ended = true;
+            }
+            send(socket, &lecture_finished(lecture_id)).await
+        }
+    }
+
+    async fn command(&mut self, socket: &mut WebSocket, message: ClientMessage) -> Flow {
+        let action = match message {
+            ClientMessage::Ping { nonce } => {
+                return send(socket, &ServerMessage::Pong { nonce }).await;
+            }
+            ClientMessage::Start {
+                topic_id,
+                format,
+                sample_rate,
+                channels,
+                language,
+            } => {
+                let result = self
+                    .start(topic_id, format, sample_rate, channels, language)
+                    .await;
+                return match result {
+                    Ok(started) => send(socket, &started).await,
+                    Err(e) => send(socket, &e.to_message(false)).await,
+                };
+            }
+            ClientMessage::Reconnect { lecture_id } => {
+                let result = self.reconnect(lecture_id).await;
+                return match result {
+                    Ok(answer) => send(socket, &answer).await,
+                    Err(e) => send(socket, &e.to_message(false)).await,
+                };
+            }
+            ClientMessage::Pause {} => Action::Pause,
+            ClientMessage::Resume {} => Action::Resume,
+            ClientMessage::Finish {} => Action::Finish,
+            ClientMessage::Cancel {} => Action::Cancel,
+        };
+        let Some(current) = self.current.as_ref() else {
+            return send(
+                socket,
+                &ServerMessage::error("no_lecture", "start or reconnect to a lecture first"),
+            )
+            .await;
+        };
+        let lecture_id = current.handle.id;
+        if current.ended {
+            return send(socket, &lecture_finished(lecture_id)).await;
+        }
+        let delivered = current
+            .handle
+            .send(Command::Control {
+                conn_id: Some(self.conn.id),
+                action,
+                reply: None,
+            })
+            .await;
+        if delivered {
+            Flow::Continue
+        } else {
+            send(socket, &lecture_finished(lecture_id)).await
+        }
+    }
+
+    fn busy(&self) -> Option<LiveError> {
+        let current = self.current.as_ref().filter(|c| !c.ended)?;
+        let mut e = LiveError::new(
+            "lecture_in_progress",
+            "this connection is already recording a lecture; finish or cancel it first",
+        );
+        e.lecture_id = Some(current.handle.id);
+        Some(e)
+    }
+
+    async fn start(
+        &mut self,
+        topic_id: String,
+        format: String,
+        sample_rate: Option<u32>,
+        channels: Option<u32>,
+        language: Option<String>,
+    ) -> Result<ServerMessage, LiveError> {
+        if let Some(e) = self.busy() {
+            return Err(e);
+        }
+        let (format, sample_rate) = protocol::check_format(&format, sample_rate, channels)
+            .map_err(|(code, message)| LiveError::new(code, message))?;
+        let language = language.unwrap_or_else(|| "ko".to_owned());
+        if !protocol::valid_language(&language) {
+            return Err(LiveError::new(
+                "invalid_language",
+                "language must be a two-letter ISO 639-1 code such as `ko` or `en`",
+            ));
+        }
+        let known = topics::find_topic(&self.state.db, &topic_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "topic lookup failed");
+                LiveError::internal()
+            })?;
+        if known.is_none() {
+            return Err(LiveError::new(
+                "unknown_topic",
+                format!(
+                    "there is no topic `{}` in the catalogue (see GET /api/v1/catalog)",
+                    clip(&topic_id)
+                ),
+            ));
+        }
+        let new = NewLecture {
+            user: self.user,
+            topic_id,
+            format,
+            sample_rate,
+            language,
+            metadata: self.meta.clone(),
+        };
+        let (attached, started) = self.state.live.start(new, self.conn.clone()).await?;
+        self.attach(attached);
+        Ok(started)
+    }
+
+    async fn reconnect(&mut self, lecture_id: Uuid) -> Result<ServerMessage, LiveError> {
+        if let Some(e) = self.busy() {
+            return Err(e);
+        }
+        let attached = self
+            .state
+            .live
+            .reconnect(self.user, lecture_id, self.conn.clone())
+            .await?;
+        let answer = ServerMessage::Reconnected {
+            lecture_id,
+            last_seq: attached.last_seq,
+            state: attached.state,
+            segments: attached.segments,
+        };
+        self.attach(attached);
+        Ok(answer)
+    }
+
+    fn attach(&mut self, attached: Attached) {
+        let handle = self
+            .state
+            .live
+            .get(attached.lecture_id)
+            .expect("a lecture that just attached is live");
+        self.current = Some(Current {
+            handle,
+            durable: attached.durable,
+            ended: false,
+            acked: attached.last_seq,
+        });
+    }
+}
+
+fn lecture_finished(lecture_id: Uuid) -> ServerMessage {
+    ServerMessage::Error {
+        code: "lecture_finished",
+        message: "the lecture has ended; audio and commands for it are not kept".into(),
+        fatal: false,
+        lecture_id: Some(lecture_id),
+        expected_seq: None,
+    }
+}
+
+/// At most 100 characters of client text in an error message.
+fn clip(s: &str) -> String {
+    s.chars().take(100).collect()
+}
+
+/// Parses a text frame, telling malformed JSON, unknown types and bad fields apart.
+fn parse(text: &str) -> Result<ClientMessage, ServerMessage> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        ServerMessage::error(
+            "invalid_message",
+            format!("the frame is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(kind) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+    else {
+        return Err(ServerMessage::error(
+            "invalid_message",
+            "a text frame must be a JSON object with a string `type`",
+        ));
+    };
+    let known = CLIENT_TYPES.split(", ").any(|t| t == kind);
+    let kind = kind.as_str();
+    if !known {
+        return Err(ServerMessage::error(
+            "unknown_message_type",
+            format!(
+                "unknown message type `{}`; this server knows: {CLIENT_TYPES}",
+                clip(kind)
+            ),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ServerMessage::error("invalid_message", format!("invalid `{kind}` message: {e}"))
+    })
+}
+
+async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Flow {
+    let fatal = matches!(message, ServerMessage::Error { fatal: true, .. });
+    match socket.send(Message::Text(message.to_json().into())).await {
+        Ok(()) if fatal => Flow::Close(close::POLICY, "fatal error"),
+        Ok(()) => Flow::Continue,
+        Err(_) => Flow::Close(close::GOING_AWAY, "write failed"),
+    }
+}

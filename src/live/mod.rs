@@ -1,0 +1,406 @@
+//! Live lectures: the in-memory state of every lecture being recorded, and the rules it follows.
+//!
+//! Each live lecture is one task (an actor, [`lecture`]) that owns its state: the open segment's
+//! audio, the voice activity detector, the next expected sequence number, its stream version.
+//! Connections send it commands; it appends the lecture's events, stores segments, and fans its
+//! frames out to the learner's connection and to observers (a broadcast channel). The registry
+//! ([`Live`], a `DashMap`) finds a lecture by id and counts each learner's live lectures.
+//!
+//! Audio is durable before it is acknowledged: chunks go to the shared audio WAL ([`wal`], group
+//! commit); segments cut by [`segment`] become WAV blobs and `AudioSegmentStored` events, after
+//! which the WAL lets them go. After a crash, [`Live::recover`] rebuilds every unfinished lecture
+//! from its stream and the WAL, and waits for its learner to reconnect.
+//!
+//! # Layout
+//! - [`protocol`]: the WebSocket messages.
+//! - [`segment`]: voice activity detection, segment cutting, WAV encoding.
+//! - [`wal`]: the audio write-ahead log.
+//! - [`lecture`]: the lecture actor.
+
+pub mod lecture;
+pub mod protocol;
+pub mod segment;
+pub mod wal;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use teachback_events::{
+    AudioFormat, Event, LectureMode, LectureStarted, Metadata, NewEvent, streams,
+};
+use teachback_projections::lectures::Lecture;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::blob::BlobStore;
+use crate::store::{AppendError, EventStore, ExpectedVersion};
+use lecture::{Actor, Command};
+use protocol::ServerMessage;
+use segment::SegmentRules;
+use wal::{AudioWal, Recovered};
+
+/// How live lectures behave. From the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSettings {
+    pub rules: SegmentRules,
+    /// Longest lecture (audio); at this length it is finished.
+    pub max_lecture: Duration,
+    /// How long an interrupted lecture waits for its learner.
+    pub grace: Duration,
+    pub max_per_user: usize,
+    /// Largest container recording, in bytes.
+    pub max_recording_bytes: u64,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        LiveSettings {
+            rules: SegmentRules::default(),
+            max_lecture: Duration::from_secs(600),
+            grace: Duration::from_secs(120),
+            max_per_user: 1,
+            max_recording_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// A refusal, with a stable code for clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LiveError {
+    pub code: &'static str,
+    pub message: String,
+    /// The lecture the error is about, when the client may not know it (e.g. the one in the way).
+    pub lecture_id: Option<Uuid>,
+}
+
+impl LiveError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> LiveError {
+        LiveError {
+            code,
+            message: message.into(),
+            lecture_id: None,
+        }
+    }
+
+    pub fn not_found() -> LiveError {
+        LiveError::new("lecture_not_found", "no such lecture")
+    }
+
+    pub fn internal() -> LiveError {
+        LiveError::new("internal", "an internal error occurred; it has been logged")
+    }
+
+    pub fn to_message(&self, fatal: bool) -> ServerMessage {
+        ServerMessage::Error {
+            code: self.code,
+            message: self.message.clone(),
+            fatal,
+            lecture_id: self.lecture_id,
+            expected_seq: None,
+        }
+    }
+}
+
+/// A connection attached to a lecture: where the lecture sends its frames.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub id: u64,
+    pub out: mpsc::Sender<Arc<ServerMessage>>,
+    /// Set (with the fatal frame to send) when the lecture lets this connection go: another
+    /// connection took the lecture over, or this one fell too far behind reading its frames.
+    pub kick: Arc<watch::Sender<Option<Arc<ServerMessage>>>>,
+}
+
+impl Conn {
+    /// Tells the connection to close with `message`.
+    pub fn kick(&self, message: ServerMessage) {
+        self.kick.send_replace(Some(Arc::new(message)));
+    }
+}
+
+/// What attaching to a lecture gives a connection.
+#[derive(Debug)]
+pub struct Attached {
+    pub lecture_id: Uuid,
+    /// The highest sequence durably stored; acknowledgements follow its changes.
+    pub durable: watch::Receiver<u64>,
+    pub last_seq: u64,
+    pub state: &'static str,
+    pub segments: u32,
+}
+
+/// A handle to a live lecture's actor.
+#[derive(Clone)]
+pub struct LectureHandle {
+    pub id: Uuid,
+    pub owner: Uuid,
+    commands: mpsc::Sender<Command>,
+    frames: broadcast::Sender<Arc<ServerMessage>>,
+}
+
+impl LectureHandle {
+    /// Sends a command; `false` if the lecture has just ended.
+    pub async fn send(&self, command: Command) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    /// Live frames of the lecture, for observers (subscribe *before* reading the log).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ServerMessage>> {
+        self.frames.subscribe()
+    }
+}
+
+/// What a new lecture is about.
+#[derive(Debug, Clone)]
+pub struct NewLecture {
+    pub user: Uuid,
+    pub topic_id: String,
+    pub format: AudioFormat,
+    pub sample_rate: Option<u32>,
+    pub language: String,
+    pub metadata: Metadata,
+}
+
+/// The registry of live lectures. Cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: EventStore,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) wal: AudioWal,
+    pub(crate) settings: LiveSettings,
+    lectures: DashMap<Uuid, LectureHandle>,
+    by_user: DashMap<Uuid, Vec<Uuid>>,
+    next_conn: AtomicU64,
+}
+
+impl Inner {
+    /// Called by an actor as it stops.
+    pub(crate) fn remove(&self, lecture: Uuid, owner: Uuid) {
+        self.lectures.remove(&lecture);
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.by_user.entry(owner) {
+            e.get_mut().retain(|l| *l != lecture);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+}
+
+impl Live {
+    pub fn new(
+        store: EventStore,
+        blobs: Arc<dyn BlobStore>,
+        wal: AudioWal,
+        settings: LiveSettings,
+    ) -> Live {
+        Live {
+            inner: Arc::new(Inner {
+                store,
+                blobs,
+                wal,
+                settings,
+                lectures: DashMap::new(),
+                by_user: DashMap::new(),
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &LiveSettings {
+        &self.inner.settings
+    }
+
+    pub fn wal(&self) -> &AudioWal {
+        &self.inner.wal
+    }
+
+    /// A fresh connection id.
+    pub fn conn_id(&self) -> u64 {
+        self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many lectures are live (recording, paused or waiting for a reconnect).
+    pub fn len(&self) -> usize {
+        self.inner.lectures.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.lectures.is_empty()
+    }
+
+    pub fn get(&self, lecture: Uuid) -> Option<LectureHandle> {
+        self.inner.lectures.get(&lecture).map(|h| h.clone())
+    }
+
+    /// Starts a live lecture and attaches `conn` to it.
+    pub async fn start(
+        &self,
+        new: NewLecture,
+        conn: Conn,
+    ) -> Result<(Attached, ServerMessage), LiveError> {
+        let lecture_id = Uuid::now_v7();
+        // Take a slot first, atomically per learner, so two starts cannot both pass the limit.
+        {
+            let mut slots = self.inner.by_user.entry(new.user).or_default();
+            if slots.len() >= self.inner.settings.max_per_user {
+                let mut e = LiveError::new(
+                    "too_many_live_lectures",
+                    format!(
+                        "you already have {} live lecture(s), the most allowed; reconnect to it, \
+                         finish it or cancel it first",
+                        slots.len()
+                    ),
+                );
+                e.lecture_id = slots.first().copied();
+                return Err(e);
+            }
+            slots.push(lecture_id);
+        }
+        let started = LectureStarted {
+            lecture_id,
+            user_id: new.user,
+            topic_id: new.topic_id,
+            format: new.format,
+            sample_rate: new.sample_rate,
+            language: new.language,
+            mode: LectureMode::Live,
+        };
+        let event = Event::LectureStarted(started.clone());
+        let appended = self
+            .inner
+            .store
+            .append_to_stream(
+                &streams::lecture(lecture_id),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::from_event(&event, new.metadata.clone())],
+            )
+            .await;
+        let appended = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                self.inner.remove(lecture_id, new.user);
+                tracing::error!(error = %e, "could not start a lecture");
+                return Err(LiveError::internal());
+            }
+        };
+        let version = appended.version;
+        let started_message =
+            protocol::event_message(&event, version).expect("LectureStarted has a frame");
+        let handle = self.spawn(Actor::new(
+            self.inner.clone(),
+            started,
+            version,
+            new.metadata,
+        ));
+        let attached = self.attach(&handle, conn).await?;
+        Ok((attached, started_message))
+    }
+
+    fn spawn(&self, actor: Actor) -> LectureHandle {
+        let (commands, rx) = mpsc::channel(256);
+        let (frames, _) = broadcast::channel(1024);
+        let handle = LectureHandle {
+            id: actor.id(),
+            owner: actor.owner(),
+            commands,
+            frames: frames.clone(),
+        };
+        self.inner.lectures.insert(handle.id, handle.clone());
+        let mut slots = self.inner.by_user.entry(handle.owner).or_default();
+        if !slots.contains(&handle.id) {
+            slots.push(handle.id);
+        }
+        drop(slots);
+        tokio::spawn(actor.run(rx, frames));
+        handle
+    }
+
+    /// Attaches `conn` to a live lecture of `user`. Another learner's lecture and a lecture that
+    /// does not exist get the same answer.
+    pub async fn reconnect(
+        &self,
+        user: Uuid,
+        lecture: Uuid,
+        conn: Conn,
+    ) -> Result<Attached, LiveError> {
+        let handle = self.get(lecture).filter(|h| h.owner == user);
+        let Some(handle) = handle else {
+            return Err(LiveError::new(
+                "lecture_not_live",
+                "no live lecture of yours has that id (it may have ended: see GET /api/v1/lectures/{id})",
+            ));
+        };
+        self.attach(&handle, conn).await
+    }
+
+    async fn attach(&self, handle: &LectureHandle, conn: Conn) -> Result<Attached, LiveError> {
+        let (reply, answer) = oneshot::channel();
+        if !handle.send(Command::Attach { conn, reply }).await {
+            return Err(LiveError::new(
+                "lecture_ended",
+                "the lecture has just ended",
+            ));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(LiveError::new(
+                "lecture_ended",
+                "the lecture has just ended",
+            ))
+        })
+    }
+
+    /// Rebuilds unfinished live lectures after a restart: their state from their streams, their
+    /// open segment from the WAL. Each then waits for its learner for the grace period.
+    /// Lectures in the WAL that are not in `lectures` have ended; the WAL forgets them.
+    pub fn recover(&self, lectures: Vec<Lecture>, mut recovered: Recovered) -> usize {
+        let mut count = 0;
+        for lecture in lectures {
+            let chunks = recovered.remove(&lecture.id()).unwrap_or_default();
+            let id = lecture.id();
+            let stored = lecture.stored_through_seq;
+            self.inner.wal.release(id, stored);
+            let actor = Actor::recover(self.inner.clone(), lecture, chunks);
+            self.spawn(actor);
+            count += 1;
+            tracing::info!(lecture = %id, "recovered a live lecture; waiting for its learner");
+        }
+        for lecture in recovered.into_keys() {
+            self.inner.wal.forget(lecture);
+        }
+        count
+    }
+
+    /// Finishes or cancels a live lecture on behalf of its learner without a connection (REST).
+    pub async fn control(
+        &self,
+        user: Uuid,
+        lecture: Uuid,
+        action: lecture::Action,
+    ) -> Option<Result<(), LiveError>> {
+        let handle = self.get(lecture).filter(|h| h.owner == user)?;
+        let (reply, answer) = oneshot::channel();
+        if !handle
+            .send(Command::Control {
+                conn_id: None,
+                action,
+                reply: Some(reply),
+            })
+            .await
+        {
+            return None;
+        }
+        answer.await.ok()
+    }
+}
+
+/// Whether an append failure is a conflict (someone else wrote the lecture's stream).
+pub(crate) fn is_conflict(e: &AppendError) -> bool {
+    matches!(e, AppendError::WrongExpectedVersion { .. })
+}
