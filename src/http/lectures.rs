@@ -36,8 +36,11 @@ use crate::live::LiveError;
 use crate::live::lecture::Action;
 use crate::live::protocol::{self, ServerMessage};
 use crate::projection::topics;
-use crate::store::{AppendError, ExpectedVersion};
+use crate::store::{AppendError, ExpectedVersion, SubscriptionMessage};
 
+/// Longest a feed follows a lecture that is not live on this server (an upload waiting for its
+/// recording); the client reconnects to follow longer.
+const MAX_TAIL: Duration = Duration::from_secs(3600);
 const DEFAULT_SHARE_TTL: Duration = Duration::from_secs(3600);
 const MAX_SHARE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -402,8 +405,10 @@ async fn store_upload(
             format!("the lecture is {}", lecture.status.as_str()),
         ));
     }
+    // The content's hash is part of the key, so two racing uploads never overwrite each other.
     let key = format!(
-        "lectures/{lecture_id}/segment-000000.{}",
+        "lectures/{lecture_id}/segment-000000-{}.{}",
+        &sha256[..16],
         lecture.format().extension()
     );
     state
@@ -635,7 +640,7 @@ pub fn feed(
     after: Option<u64>,
 ) -> impl Stream<Item = std::result::Result<Arc<ServerMessage>, FeedEnd>> + Send + 'static {
     async_stream::stream! {
-        let mut live = state.live.get(lecture_id).map(|h| h.subscribe());
+        let live = state.live.get(lecture_id).map(|h| h.subscribe());
         let events = match state.store.read_stream_all(&streams::lecture(lecture_id)).await {
             Ok(events) => events,
             Err(e) => {
@@ -658,9 +663,42 @@ pub fn feed(
         let version = events.last().map_or(0, |e| e.stream_version);
         yield Ok(Arc::new(ServerMessage::CaughtUp { lecture_id, version }));
         if ended {
-            live = None;
+            yield Err(FeedEnd::Done);
+            return;
         }
         let Some(mut rx) = live else {
+            // Not live here (an upload, or a lecture running on another instance): follow the
+            // lecture's stream in the log until it ends.
+            let after = events.last().map_or(0, |e| e.position);
+            let stream = streams::lecture(lecture_id);
+            let mut tail = std::pin::pin!(state.store.subscribe_all(after, Some(stream.clone())));
+            let give_up = tokio::time::Instant::now() + MAX_TAIL;
+            loop {
+                let Ok(Some(item)) = tokio::time::timeout_at(give_up, tail.next()).await else {
+                    break;
+                };
+                let Ok(SubscriptionMessage::Event(event)) = item else {
+                    if item.is_err() {
+                        yield Err(FeedEnd::Done);
+                        return;
+                    }
+                    continue;
+                };
+                if event.stream != stream {
+                    continue;
+                }
+                let Ok(decoded) = event.decode() else { continue };
+                let Some(message) = protocol::event_message(&decoded, event.stream_version) else { continue };
+                if last.is_some_and(|l| event.stream_version <= l) {
+                    continue;
+                }
+                last = Some(event.stream_version);
+                let terminal = is_terminal(&message);
+                yield Ok(Arc::new(message));
+                if terminal {
+                    break;
+                }
+            }
             yield Err(FeedEnd::Done);
             return;
         };

@@ -470,11 +470,9 @@ impl Session {
     }
 
     fn attach(&mut self, attached: Attached) {
-        let handle = self
-            .state
-            .live
-            .get(attached.lecture_id)
-            .expect("a lecture that just attached is live");
+        let handle = attached
+            .handle
+            .expect("the registry hands the lecture over");
         self.current = Some(Current {
             handle,
             durable: attached.durable,

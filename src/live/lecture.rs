@@ -75,6 +75,8 @@ pub struct Actor {
     detached_at: Option<Instant>,
     /// Set when the stream changed under this actor: it stops without ending the lecture.
     conflicted: bool,
+    /// Container recordings end at this wall-clock time (twice the longest lecture).
+    deadline: Option<Instant>,
 }
 
 impl Actor {
@@ -88,6 +90,8 @@ impl Actor {
             .sample_rate
             .filter(|_| started.format.is_pcm())
             .map(|rate| Segmenter::new(live.settings.rules, rate));
+        let deadline =
+            (!started.format.is_pcm()).then(|| Instant::now() + live.settings.max_lecture * 2);
         Actor {
             live,
             started,
@@ -104,6 +108,7 @@ impl Actor {
             conn: None,
             detached_at: None,
             conflicted: false,
+            deadline,
         }
     }
 
@@ -169,14 +174,30 @@ impl Actor {
         loop {
             let grace_end = self.detached_at.map(|at| at + self.live.settings.grace);
             tokio::select! {
+                () = sleep_until(self.deadline) => {
+                    // A whole recording (container format) has no audio clock: it is bounded by
+                    // wall-clock time instead, so it cannot pin the audio WAL for ever.
+                    tracing::info!(lecture = %self.id(), "recording reached its time limit; finishing");
+                    self.deadline = match self.end(Action::Finish, Some(EndKind::MaxDuration), &frames).await {
+                        Ok(()) => None,
+                        Err(e) if e.code == "no_audio" => {
+                            self.end(Action::Cancel, None, &frames).await.ok();
+                            None
+                        }
+                        Err(_) => Some(Instant::now() + Duration::from_secs(30)),
+                    };
+                }
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     self.handle(command, &frames).await;
                 }
                 () = sleep_until(grace_end) => {
                     tracing::info!(lecture = %self.id(), "learner did not come back; abandoning");
-                    self.end(Action::Cancel, Some(EndKind::Abandon), &frames).await.ok();
-                    self.detached_at = None;
+                    // On failure (storage down) the grace period simply starts again.
+                    self.detached_at = match self.end(Action::Cancel, Some(EndKind::Abandon), &frames).await {
+                        Ok(()) => None,
+                        Err(_) => Some(Instant::now()),
+                    };
                 }
                 Ok(()) = wal_failed.changed() => {
                     if wal_failed.borrow().is_some() && let Some(conn) = self.conn.take() {
@@ -244,8 +265,17 @@ impl Actor {
                 let _ =
                     tokio::time::timeout(DURABLE_WAIT, durable.wait_for(|d| *d >= target)).await;
                 let last_seq = *durable.borrow_and_update();
+                if self.live.wal.failed().borrow().is_some() {
+                    let _ = reply.send(Err(LiveError::new(
+                        "storage_unavailable",
+                        "audio storage is failing on this server; try again later",
+                    )));
+                    self.conn = None;
+                    return;
+                }
                 let _ = reply.send(Ok(Attached {
                     lecture_id: self.id(),
+                    handle: None,
                     durable,
                     last_seq,
                     state: self.status.as_str(),
@@ -324,6 +354,16 @@ impl Actor {
         audio: Bytes,
         frames: &broadcast::Sender<Arc<ServerMessage>>,
     ) {
+        if self.live.wal.failed().borrow().is_some() {
+            if let Some(conn) = self.conn.take() {
+                conn.kick(ServerMessage::fatal(
+                    "storage_unavailable",
+                    "audio storage is failing on this server; reconnect later to resume from the last acknowledged chunk",
+                ));
+                self.detached_at = Some(Instant::now());
+            }
+            return;
+        }
         if seq <= self.received_seq {
             // A resend of something already accepted: idempotent. Confirm it if already durable.
             let durable = *self.durable.borrow();
@@ -390,8 +430,12 @@ impl Actor {
                 .end(Action::Finish, Some(EndKind::MaxDuration), frames)
                 .await;
         } else if cut {
-            // A failure is reported and retried at the next cut; the audio stays in the WAL.
+            // A failure is reported and retried at the next cut (the audio stays in the WAL);
+            // until then the segment just grows.
             if let Err(e) = self.close_segment(frames).await {
+                if let Some(s) = self.segmenter.as_mut() {
+                    s.reset();
+                }
                 self.send(Arc::new(e.to_message(false)));
             }
         }
@@ -539,12 +583,15 @@ impl Actor {
         };
         let blob = Bytes::from(blob);
         let index = self.segments;
+        let sha256 = hex::encode(Sha256::digest(&blob));
+        // The content's hash is part of the key: a retry or a second writer can never replace a
+        // blob that an event already describes with different bytes.
         let key = format!(
-            "lectures/{}/segment-{index:06}.{}",
+            "lectures/{}/segment-{index:06}-{}.{}",
             self.id(),
+            &sha256[..16],
             self.format().extension()
         );
-        let sha256 = hex::encode(Sha256::digest(&blob));
         let mut attempt = 0;
         loop {
             match self.live.blobs.put(&key, blob.clone()).await {

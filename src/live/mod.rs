@@ -125,6 +125,8 @@ impl Conn {
 #[derive(Debug)]
 pub struct Attached {
     pub lecture_id: Uuid,
+    /// Filled in by the registry; the actor leaves it `None`.
+    pub handle: Option<LectureHandle>,
     /// The highest sequence durably stored; acknowledgements follow its changes.
     pub durable: watch::Receiver<u64>,
     pub last_seq: u64,
@@ -133,7 +135,7 @@ pub struct Attached {
 }
 
 /// A handle to a live lecture's actor.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct LectureHandle {
     pub id: Uuid,
     pub owner: Uuid,
@@ -348,12 +350,14 @@ impl Live {
                 "the lecture has just ended",
             ));
         }
-        answer.await.unwrap_or_else(|_| {
+        let mut attached = answer.await.unwrap_or_else(|_| {
             Err(LiveError::new(
                 "lecture_ended",
                 "the lecture has just ended",
             ))
-        })
+        })?;
+        attached.handle = Some(handle.clone());
+        Ok(attached)
     }
 
     /// Rebuilds unfinished live lectures after a restart: their state from their streams, their

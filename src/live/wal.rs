@@ -84,6 +84,11 @@ impl AudioWal {
         let mut recovered: Recovered = HashMap::new();
         let mut index = Vec::new();
         for (number, path) in &files {
+            // A crash may have left records in the page cache only (written, not yet synced):
+            // they are about to be treated as durable, so make them so.
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", path.display()))?;
             let mut maxima: HashMap<Uuid, u64> = HashMap::new();
             read_file(path, |lecture, seq, audio| {
                 let m = maxima.entry(lecture).or_default();

@@ -444,6 +444,13 @@ async fn the_rest_fallback_uploads_through_a_signed_url_and_streams_events(db: &
         "no_audio"
     );
 
+    // A REST client follows the lecture with SSE from before the upload: no polling.
+    let follow = tokio::spawn(
+        app.http
+            .get(app.url(&format!("/api/v1/lectures/{lecture}/events")))
+            .bearer_auth(&token)
+            .send(),
+    );
     let put = |url: String, ct: &'static str, body: Vec<u8>| {
         app.http
             .put(url)
@@ -527,6 +534,36 @@ async fn the_rest_fallback_uploads_through_a_signed_url_and_streams_events(db: &
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+
+    let followed = tokio::time::timeout(Duration::from_secs(10), async {
+        follow.await.unwrap().unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the SSE stream ends when the lecture does");
+    let kinds: Vec<String> = followed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["type"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    // Whether the upload landed before or after the feed read the log, every event comes once,
+    // in order, and the stream ends with the lecture.
+    let events_only: Vec<&str> = kinds
+        .iter()
+        .map(String::as_str)
+        .filter(|k| *k != "caughtUp")
+        .collect();
+    assert_eq!(
+        events_only,
+        ["started", "segment", "state", ""],
+        "{followed}"
+    );
+    assert_eq!(kinds.iter().filter(|k| *k == "caughtUp").count(), 1);
+    assert!(followed.contains("\"state\":\"finished\""));
 
     let stored = app
         .http
