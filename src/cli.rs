@@ -31,6 +31,8 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Load-test live lectures: N learners stream real-time audio; report ack latency and loss.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,6 +65,7 @@ pub async fn main() -> anyhow::Result<()> {
                     stream_prefix,
                 },
         } => tail(&cli.config, from, follow, stream_prefix).await,
+        Command::Loadgen(args) => crate::loadgen::run(args).await,
     }
 }
 
