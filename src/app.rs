@@ -105,6 +105,13 @@ impl App {
     ) -> anyhow::Result<()> {
         let router = http::router(self.state.clone(), self.max_body_bytes);
         tracing::info!(addr = %listener.local_addr()?, "serving");
+        let live = self.state.live.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Upgraded connections are not part of the HTTP server's graceful shutdown: close
+            // them here, with a code that tells clients to reconnect and resume.
+            live.begin_shutdown();
+        };
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -760,9 +760,13 @@ pub async fn watch(
     Ok(ws
         .max_message_size(protocol::MAX_FRAME_BYTES)
         .on_upgrade(move |mut socket| async move {
+            let mut shutting_down = state.live.shutting_down();
             let mut frames = std::pin::pin!(feed(state, lecture_id, None));
             let (code, reason) = loop {
                 tokio::select! {
+                    Ok(()) = shutting_down.wait_for(|s| *s).map(|r| r.map(|_| ())) => {
+                        break (close::RESTART, "server restarting; reconnect to catch up");
+                    }
                     next = frames.next() => match next {
                         Some(Ok(message)) => {
                             if socket.send(Message::Text(message.to_json().into())).await.is_err() {

@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
+use futures::FutureExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -44,6 +45,8 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    /// The server is restarting: reconnect and resume.
+    pub const RESTART: u16 = 1012;
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +164,7 @@ impl Session {
         let mut last_heard = Instant::now();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut shutting_down = self.state.live.shutting_down();
         while let Flow::Continue = flow {
             let durable = async {
                 match self.current.as_mut() {
@@ -170,6 +174,9 @@ impl Session {
             };
             tokio::select! {
                 biased;
+                Ok(()) = shutting_down.wait_for(|s| *s).map(|r| r.map(|_| ())) => {
+                    flow = Flow::Close(close::RESTART, "server restarting; reconnect and resume");
+                }
                 changed = self.kicked.changed() => {
                     let message = self.kicked.borrow_and_update().clone();
                     if let (Ok(()), Some(message)) = (changed, message) {

@@ -157,7 +157,7 @@ async fn log_request(request: Request, next: Next) -> Response {
         %method,
         path,
         status = response.status().as_u16(),
-        latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
     response

@@ -180,6 +180,9 @@ pub(crate) struct Inner {
     lectures: DashMap<Uuid, LectureHandle>,
     by_user: DashMap<Uuid, Vec<Uuid>>,
     next_conn: AtomicU64,
+    /// Raised when the server begins to shut down: connections close with 1012 so that clients
+    /// reconnect (to this server once it is back, or to another) and resume.
+    shutdown: watch::Sender<bool>,
 }
 
 impl Inner {
@@ -211,6 +214,7 @@ impl Live {
                 lectures: DashMap::new(),
                 by_user: DashMap::new(),
                 next_conn: AtomicU64::new(1),
+                shutdown: watch::channel(false).0,
             }),
         }
     }
@@ -221,6 +225,16 @@ impl Live {
 
     pub fn wal(&self) -> &AudioWal {
         &self.inner.wal
+    }
+
+    /// Tells every live connection that the server is going away.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Becomes `true` when the server begins to shut down.
+    pub fn shutting_down(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
     }
 
     /// A fresh connection id.

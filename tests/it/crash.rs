@@ -237,3 +237,55 @@ async fn sigkill_while_twenty_lectures_stream_loses_no_acknowledged_audio() {
         "some lectures had acknowledged audio only in the WAL when killed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_live_connections_with_1012_and_the_lecture_resumes_after_restart() {
+    let cwd = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut server = start(cwd.path(), port).await;
+    let body: Value = http
+        .post(format!("http://{host}/api/v1/devices"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = body["accessToken"].as_str().unwrap().to_owned();
+    let mut ws = Ws::connect_to(&host, &token).await;
+    let lecture = ws.start_pcm(TOPIC).await;
+    let audio = speech(1_000, 3);
+    let pieces = chunks(&audio);
+    for (i, c) in pieces.iter().enumerate() {
+        ws.send_audio(i as u64 + 1, c).await;
+    }
+    ws.wait_ack(10).await;
+
+    let pid = server.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(ws.closed().await, 1012, "clients are told to reconnect");
+    assert!(server.wait().await.unwrap().success());
+
+    let _server = start(cwd.path(), port).await;
+    let mut ws = Ws::connect_to(&host, &token).await;
+    ws.send_json(json!({"type": "reconnect", "lectureId": lecture}))
+        .await;
+    let (answer, _) = ws.until("reconnected").await;
+    assert_eq!(answer["lastSeq"], 10);
+    ws.send_json(json!({"type": "finish"})).await;
+    let (state, _) = ws.until("state").await;
+    assert_eq!(state["state"], "finished");
+    assert_eq!(state["durationMs"], 1_000);
+}
