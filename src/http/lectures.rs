@@ -427,26 +427,38 @@ async fn store_upload(
         first_seq: 0,
         last_seq: 0,
     });
+    let position = append_after(&state, &lecture, &event, meta, || {
+        ApiError::conflict(
+            "already_uploaded",
+            "the lecture changed while uploading; read it and try again if needed",
+        )
+    })
+    .await?;
+    Ok(with_position(StatusCode::OK, answer(&lecture), position))
+}
+
+/// Appends `event` to a lecture's stream, expecting it unchanged since `lecture` was read;
+/// `conflict` is the answer if it changed meanwhile. Returns the log position.
+async fn append_after(
+    state: &AppState,
+    lecture: &Lecture,
+    event: &Event,
+    meta: teachback_events::Metadata,
+    conflict: impl FnOnce() -> ApiError,
+) -> Result<u64> {
     let appended = state
         .store
         .append_to_stream(
-            &streams::lecture(lecture_id),
+            &streams::lecture(lecture.id()),
             ExpectedVersion::Exact(lecture.version),
-            vec![NewEvent::from_event(&event, meta)],
+            vec![NewEvent::from_event(event, meta)],
         )
         .await
         .map_err(|e| match e {
-            AppendError::WrongExpectedVersion { .. } => ApiError::conflict(
-                "already_uploaded",
-                "the lecture changed while uploading; read it and try again if needed",
-            ),
+            AppendError::WrongExpectedVersion { .. } => conflict(),
             other => other.into(),
         })?;
-    Ok(with_position(
-        StatusCode::OK,
-        answer(&lecture),
-        appended.position,
-    ))
+    Ok(appended.position)
 }
 
 /// `POST /api/v1/lectures/{id}/finish`.
@@ -524,26 +536,18 @@ async fn end(
         }),
     };
     meta.acting_user = Some(user);
-    let appended = state
-        .store
-        .append_to_stream(
-            &streams::lecture(lecture_id),
-            ExpectedVersion::Exact(lecture.version),
-            vec![NewEvent::from_event(&event, meta)],
+    let position = append_after(&state, &lecture, &event, meta, || {
+        ApiError::conflict(
+            "lecture_changed",
+            "the lecture changed meanwhile; read it and try again",
         )
-        .await
-        .map_err(|e| match e {
-            AppendError::WrongExpectedVersion { .. } => ApiError::conflict(
-                "lecture_changed",
-                "the lecture changed meanwhile; read it and try again",
-            ),
-            other => other.into(),
-        })?;
+    })
+    .await?;
     let lecture = load_owned(&state, user, lecture_id).await?;
     Ok(with_position(
         StatusCode::OK,
         view(&state, &lecture),
-        appended.position,
+        position,
     ))
 }
 

@@ -18,6 +18,36 @@ const LECTURES: usize = 20;
 /// Chunks per lecture: 8 s of audio.
 const CHUNKS: usize = 80;
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Registers a learner; returns its access token.
+async fn register(http: &reqwest::Client, host: &str) -> String {
+    let body: Value = http
+        .post(format!("http://{host}/api/v1/devices"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["accessToken"].as_str().unwrap().to_owned()
+}
+
 async fn start(cwd: &Path, port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -96,26 +126,14 @@ async fn stream_until_killed(mut ws: Ws, pieces: Vec<Vec<u8>>) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_twenty_lectures_stream_loses_no_acknowledged_audio() {
     let cwd = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let host = format!("127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let mut server = start(cwd.path(), port).await;
 
     let mut learners = Vec::new();
     for i in 0..LECTURES {
-        let body: Value = http
-            .post(format!("http://{host}/api/v1/devices"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = body["accessToken"].as_str().unwrap().to_owned();
+        let token = register(&http, &host).await;
         let mut ws = Ws::connect_to(&host, &token).await;
         let lecture = ws.start_pcm(TOPIC).await;
         let audio = speech(CHUNKS as u64 * 100, i as u32 * 37);
@@ -129,14 +147,7 @@ async fn sigkill_while_twenty_lectures_stream_loses_no_acknowledged_audio() {
     }
     // Let the lectures get well under way (segments stored, chunks in the WAL), then kill.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = server.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&server, "-KILL");
     server.wait().await.unwrap();
     let mut acked = Vec::new();
     for s in streams {
@@ -241,23 +252,11 @@ async fn sigkill_while_twenty_lectures_stream_loses_no_acknowledged_audio() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_live_connections_with_1012_and_the_lecture_resumes_after_restart() {
     let cwd = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let host = format!("127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let mut server = start(cwd.path(), port).await;
-    let body: Value = http
-        .post(format!("http://{host}/api/v1/devices"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = body["accessToken"].as_str().unwrap().to_owned();
+    let token = register(&http, &host).await;
     let mut ws = Ws::connect_to(&host, &token).await;
     let lecture = ws.start_pcm(TOPIC).await;
     let audio = speech(1_000, 3);
@@ -267,14 +266,7 @@ async fn sigterm_closes_live_connections_with_1012_and_the_lecture_resumes_after
     }
     ws.wait_ack(10).await;
 
-    let pid = server.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&server, "-TERM");
     assert_eq!(ws.closed().await, 1012, "clients are told to reconnect");
     assert!(server.wait().await.unwrap().success());
 

@@ -51,9 +51,7 @@ async fn a_whole_lecture_is_stored_in_segments_that_concatenate_to_the_audio_sen
     let lecture = ws.start_pcm(TOPIC).await;
     let audio = speech(5_000, 1);
     let pieces = chunks(&audio);
-    for (i, c) in pieces.iter().enumerate() {
-        ws.send_audio(i as u64 + 1, c).await;
-    }
+    ws.send_chunks(1, &pieces).await;
     let n = pieces.len() as u64;
     let during = ws.wait_ack(n).await;
     // The 700 ms pauses cut segments while the audio streams in.
@@ -106,9 +104,7 @@ async fn pause_and_resume_close_a_segment_and_refuse_audio_while_paused(db: &Tes
     // Continuous speech: no pause for the detector, so only `pause` closes the segment.
     let audio = speech(600, 2);
     let pieces = chunks(&audio);
-    for (i, c) in pieces.iter().enumerate() {
-        ws.send_audio(i as u64 + 1, c).await;
-    }
+    ws.send_chunks(1, &pieces).await;
     ws.send_json(json!({"type": "pause"})).await;
     let (state, before) = ws.until("state").await;
     assert_eq!(state["state"], "paused");
@@ -134,9 +130,7 @@ async fn pause_and_resume_close_a_segment_and_refuse_audio_while_paused(db: &Tes
     let (state, _) = ws.until("state").await;
     assert_eq!(state["state"], "recording");
     let more = speech(400, 3);
-    for (i, c) in chunks(&more).iter().enumerate() {
-        ws.send_audio(7 + i as u64, c).await;
-    }
+    ws.send_chunks(7, &chunks(&more)).await;
     ws.wait_ack(10).await;
     ws.send_json(json!({"type": "finish"})).await;
     let (state, _) = ws.until("state").await;
@@ -172,9 +166,7 @@ async fn a_reconnect_resends_only_what_is_missing_and_nothing_is_doubled(db: &Te
     let pieces = chunks(&audio);
     let mut ws = Ws::connect(&app, &token).await;
     let lecture = ws.start_pcm(TOPIC).await;
-    for (i, c) in pieces[..40].iter().enumerate() {
-        ws.send_audio(i as u64 + 1, c).await;
-    }
+    ws.send_chunks(1, &pieces[..40]).await;
     ws.wait_ack(25).await;
     // The network drops: no close frame, the socket just goes away.
     drop(ws);
@@ -219,9 +211,7 @@ async fn a_late_observer_gets_the_history_then_the_live_frames_without_gap_or_du
     let lecture = ws.start_pcm(TOPIC).await;
     let audio = speech(8_000, 5);
     let pieces = chunks(&audio);
-    for (i, c) in pieces[..35].iter().enumerate() {
-        ws.send_audio(i as u64 + 1, c).await;
-    }
+    ws.send_chunks(1, &pieces[..35]).await;
     ws.wait_ack(35).await;
 
     let share: Value = app
@@ -252,9 +242,7 @@ async fn a_late_observer_gets_the_history_then_the_live_frames_without_gap_or_du
     // Meanwhile the lecture goes on.
     ws.send_json(json!({"type": "pause"})).await;
     ws.send_json(json!({"type": "resume"})).await;
-    for (i, c) in pieces[35..].iter().enumerate() {
-        ws.send_audio(36 + i as u64, c).await;
-    }
+    ws.send_chunks(36, &pieces[35..]).await;
     let seen = ws.wait_ack(pieces.len() as u64).await;
     ws.send_json(json!({"type": "finish"})).await;
     let (finished, before) = ws.until("state").await;
@@ -734,9 +722,7 @@ async fn a_lecture_at_the_maximum_length_is_finished_not_discarded(db: &TestDb) 
     let lecture = ws.start_pcm(TOPIC).await;
     let audio = speech(3_000, 6);
     let pieces = chunks(&audio);
-    for (i, c) in pieces.iter().enumerate() {
-        ws.send_audio(i as u64 + 1, c).await;
-    }
+    ws.send_chunks(1, &pieces).await;
     let (state, _) = ws.until("state").await;
     assert_eq!(state["state"], "finished");
     assert_eq!(state["reason"], "max_duration");
@@ -760,9 +746,7 @@ async fn a_learner_who_does_not_come_back_has_the_lecture_abandoned_with_its_aud
     let mut ws = Ws::connect(&app, &token).await;
     let lecture = ws.start_pcm(TOPIC).await;
     let audio = speech(1_000, 7);
-    for (i, c) in chunks(&audio).iter().enumerate() {
-        ws.send_audio(i as u64 + 1, c).await;
-    }
+    ws.send_chunks(1, &chunks(&audio)).await;
     ws.wait_ack(10).await;
     drop(ws);
     let path = format!("/api/v1/lectures/{lecture}");

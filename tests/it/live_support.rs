@@ -98,6 +98,13 @@ impl Ws {
             .unwrap();
     }
 
+    /// Sends `pieces` as consecutive chunks, the first with sequence `first`.
+    pub async fn send_chunks(&mut self, first: u64, pieces: &[Vec<u8>]) {
+        for (i, piece) in pieces.iter().enumerate() {
+            self.send_audio(first + i as u64, piece).await;
+        }
+    }
+
     /// The next text frame, parsed. Panics on close or after a timeout.
     pub async fn next_json(&mut self) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
