@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::auth::{self, Keys};
-use crate::blob;
+use crate::blob::{self, BlobStore};
 use crate::catalog;
 use crate::config::Config;
 use crate::db::{ConnectOptions, Db};
@@ -44,6 +44,16 @@ impl App {
 
     /// Like [`App::build`], on an already connected database (tests use their own schemas).
     pub async fn from_db(config: &Config, db: Db) -> anyhow::Result<App> {
+        let blobs = blob::open(&config.blob_url())?;
+        Self::from_parts(config, db, blobs).await
+    }
+
+    /// Like [`App::from_db`], with an already opened blob store (tests bring their own).
+    pub async fn from_parts(
+        config: &Config,
+        db: Db,
+        blobs: Arc<dyn BlobStore>,
+    ) -> anyhow::Result<App> {
         create_data_dir(&config.data_dir)?;
         db.migrate().await?;
         let store = EventStore::start(
@@ -65,7 +75,6 @@ impl App {
             .await;
         let secret = auth::load_or_create_secret(config.jwt_secret.as_ref(), &config.data_dir)?;
         let keys = Keys::new(&secret, config.access_token_ttl());
-        let blobs = blob::open(&config.blob_url())?;
         let (wal, recovered) = AudioWal::open(&config.data_dir.join("wal"))?;
         let live = Live::new(store.clone(), blobs.clone(), wal, live_settings(config));
         let recovered = recover_lectures(&db, &store, &lectures, &live, recovered).await?;

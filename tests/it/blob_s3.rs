@@ -127,3 +127,54 @@ async fn a_missing_bucket_is_a_backend_error_without_credentials() {
         }
     }
 }
+
+/// A whole live lecture with its segments in S3: the live path uses the same interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_lecture_stores_its_segments_in_s3() {
+    use crate::live_support::{TOPIC, Ws, chunks, learner, sha256, speech, stored_pcm};
+
+    let Some(endpoint) = endpoint() else { return };
+    let bucket = format!("teachback-live-{}", uuid::Uuid::now_v7().simple());
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("the S3 test server answers");
+    assert!(created.status().is_success());
+    let store = S3BlobStore::new(&bucket, "audio", &endpoint, true, "test", "test").unwrap();
+    let store: std::sync::Arc<dyn BlobStore> = std::sync::Arc::new(store);
+    let db = crate::support::TestDb::sqlite().await;
+    let app = crate::support::spawn_app_on(&db, |_| {}, Some(store.clone())).await;
+    let token = learner(&app).await;
+    let mut ws = Ws::connect(&app, &token).await;
+    let lecture = ws.start_pcm(TOPIC).await;
+    let audio = speech(4_000, 11);
+    let pieces = chunks(&audio);
+    ws.send_chunks(1, &pieces).await;
+    ws.wait_ack(pieces.len() as u64).await;
+    ws.send_json(serde_json::json!({"type": "finish"})).await;
+    let (state, _) = ws.until("state").await;
+    assert_eq!(state["state"], "finished");
+    let (view, pcm) = stored_pcm(&app, &token, &lecture).await;
+    assert_eq!(sha256(&pcm), sha256(&audio));
+    // The blobs really are in the bucket, under the store's prefix.
+    let events = app
+        .state
+        .store
+        .read_stream_all(&format!("lecture-{lecture}"))
+        .await
+        .unwrap();
+    let keys: Vec<String> = events
+        .iter()
+        .filter(|e| e.event_type == "AudioSegmentStored")
+        .map(|e| e.payload["blobKey"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), view["segments"].as_array().unwrap().len());
+    let root = S3BlobStore::new(&bucket, "", &endpoint, true, "test", "test").unwrap();
+    for key in keys {
+        assert!(root.exists(&format!("audio/{key}")).await.unwrap(), "{key}");
+    }
+    drop(ws);
+    drop(app);
+    db.cleanup().await;
+}

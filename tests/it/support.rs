@@ -136,11 +136,24 @@ pub async fn spawn_app_with(
     db: &TestDb,
     tweak: impl FnOnce(&mut teachback::config::Config),
 ) -> TestApp {
+    spawn_app_on(db, tweak, None).await
+}
+
+/// Starts the app, with its own blob store when one is given.
+pub async fn spawn_app_on(
+    db: &TestDb,
+    tweak: impl FnOnce(&mut teachback::config::Config),
+    blobs: Option<Arc<dyn teachback::blob::BlobStore>>,
+) -> TestApp {
     let data = tempfile::tempdir().unwrap();
     let mut config = teachback::config::Config::defaults();
     config.data_dir = data.path().to_path_buf();
     tweak(&mut config);
-    let app = teachback::app::App::from_db(&config, db.db.clone())
+    let blobs = match blobs {
+        Some(blobs) => blobs,
+        None => teachback::blob::open(&config.blob_url()).unwrap(),
+    };
+    let app = teachback::app::App::from_parts(&config, db.db.clone(), blobs)
         .await
         .unwrap();
     let state = app.state.clone();
