@@ -265,7 +265,7 @@ impl Actor {
                 let _ =
                     tokio::time::timeout(DURABLE_WAIT, durable.wait_for(|d| *d >= target)).await;
                 let last_seq = *durable.borrow_and_update();
-                if self.live.wal.failed().borrow().is_some() {
+                if self.live.wal.has_failed() {
                     let _ = reply.send(Err(LiveError::new(
                         "storage_unavailable",
                         "audio storage is failing on this server; try again later",
@@ -354,7 +354,7 @@ impl Actor {
         audio: Bytes,
         frames: &broadcast::Sender<Arc<ServerMessage>>,
     ) {
-        if self.live.wal.failed().borrow().is_some() {
+        if self.live.wal.has_failed() {
             if let Some(conn) = self.conn.take() {
                 conn.kick(ServerMessage::fatal(
                     "storage_unavailable",

@@ -155,6 +155,11 @@ impl AudioWal {
         self.failed.clone()
     }
 
+    /// Whether the WAL has failed (cheap: no receiver is cloned).
+    pub fn has_failed(&self) -> bool {
+        self.failed.borrow().is_some()
+    }
+
     pub fn stats(&self) -> &WalStats {
         &self.stats
     }

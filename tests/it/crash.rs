@@ -11,29 +11,16 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::live_support::{CHUNK_BYTES, TOPIC, Ws, chunks, frame, sha256, speech};
+use crate::live_support::{
+    CHUNK_BYTES, TOPIC, Ws, assert_contiguous, chunks, frame, sha256, speech, stored_pcm_at,
+    view_at,
+};
+use crate::process::{free_port, signal};
 
 const BIN: &str = env!("CARGO_BIN_EXE_teachback");
 const LECTURES: usize = 20;
 /// Chunks per lecture: 8 s of audio.
 const CHUNKS: usize = 80;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 /// Registers a learner; returns its access token.
 async fn register(http: &reqwest::Client, host: &str) -> String {
@@ -163,18 +150,11 @@ async fn sigkill_while_twenty_lectures_stream_loses_no_acknowledged_audio() {
     );
 
     let _server = start(cwd.path(), port).await;
+    let base = format!("http://{host}");
     let mut from_wal = 0;
     for ((token, lecture, audio), acked) in rest.iter().zip(&acked) {
         // What the log held in segments when the server came back...
-        let before: Value = http
-            .get(format!("http://{host}/api/v1/lectures/{lecture}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let before = view_at(&http, &base, token, lecture).await;
         assert_eq!(before["status"], "recording", "{before}");
         let in_segments = before["segments"]
             .as_array()
@@ -207,35 +187,8 @@ async fn sigkill_while_twenty_lectures_stream_loses_no_acknowledged_audio() {
         let (state, _) = ws.until("state").await;
         assert_eq!(state["state"], "finished", "{state}");
 
-        let view: Value = http
-            .get(format!("http://{host}/api/v1/lectures/{lecture}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let mut stored = Vec::new();
-        let mut next_seq = 1;
-        for segment in view["segments"].as_array().unwrap() {
-            assert_eq!(segment["firstSeq"], next_seq, "contiguous: {view}");
-            next_seq = segment["lastSeq"].as_u64().unwrap() + 1;
-            let index = segment["index"].as_u64().unwrap();
-            let wav = http
-                .get(format!(
-                    "http://{host}/api/v1/lectures/{lecture}/segments/{index}"
-                ))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            stored.extend_from_slice(teachback::live::segment::wav_pcm(&wav).unwrap());
-        }
-        assert_eq!(next_seq, CHUNKS as u64 + 1);
+        let (view, stored) = stored_pcm_at(&http, &base, token, lecture).await;
+        assert_contiguous(&view, CHUNKS as u64);
         assert_eq!(stored.len(), CHUNKS * CHUNK_BYTES);
         assert_eq!(
             sha256(&stored),

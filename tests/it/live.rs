@@ -791,16 +791,7 @@ async fn a_container_recording_streams_in_and_is_stored_whole(db: &TestDb) {
     let segment = before.iter().find(|f| f["type"] == "segment").unwrap();
     assert_eq!(segment["index"], 0);
     assert_eq!(segment["lastSeq"], n);
-    let stored = app
-        .http
-        .get(app.url(&format!("/api/v1/lectures/{lecture}/segments/0")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let stored = segment_at(&app.http, &app.url(""), &token, &lecture, 0).await;
     assert_eq!(stored.to_vec(), recording);
     assert!(wav_pcm(&stored).is_none());
 }

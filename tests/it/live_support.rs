@@ -195,29 +195,59 @@ pub async fn learner(app: &TestApp) -> String {
         .to_owned()
 }
 
-/// The PCM the lecture's stored segments hold, in order (downloaded over HTTP).
-pub async fn stored_pcm(app: &TestApp, token: &str, lecture: &str) -> (Value, Vec<u8>) {
-    let view = app
-        .get_json(&format!("/api/v1/lectures/{lecture}"), Some(token))
-        .await;
+/// A lecture as `GET /api/v1/lectures/{id}` on the server at `base` shows it.
+pub async fn view_at(http: &reqwest::Client, base: &str, token: &str, lecture: &str) -> Value {
+    http.get(format!("{base}/api/v1/lectures/{lecture}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The stored bytes of one segment, downloaded over HTTP.
+pub async fn segment_at(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    lecture: &str,
+    index: u64,
+) -> bytes::Bytes {
+    http.get(format!("{base}/api/v1/lectures/{lecture}/segments/{index}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
+/// The lecture's view and the PCM its stored segments hold, in order, downloaded from the
+/// server at `base`; every blob is checked against its event's hash.
+pub async fn stored_pcm_at(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    lecture: &str,
+) -> (Value, Vec<u8>) {
+    let view = view_at(http, base, token, lecture).await;
     let mut pcm = Vec::new();
     for (i, segment) in view["segments"].as_array().unwrap().iter().enumerate() {
         assert_eq!(segment["index"], i as u64, "segments are in order");
-        let bytes = app
-            .http
-            .get(app.url(&format!("/api/v1/lectures/{lecture}/segments/{i}")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = segment_at(http, base, token, lecture, i as u64).await;
         assert_eq!(sha256(&bytes), segment["sha256"], "blob matches its event");
         let body = teachback::live::segment::wav_pcm(&bytes).expect("a WAV segment");
         pcm.extend_from_slice(body);
     }
     (view, pcm)
+}
+
+/// [`stored_pcm_at`] on a test app.
+pub async fn stored_pcm(app: &TestApp, token: &str, lecture: &str) -> (Value, Vec<u8>) {
+    stored_pcm_at(&app.http, &app.url(""), token, lecture).await
 }
 
 /// Checks that segments cover sequences 1..=last contiguously.

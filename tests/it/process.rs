@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_teachback");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -59,7 +59,7 @@ async fn start(cwd: &Path, port: u16) -> Server {
     Server { child, base }
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
         .args([sig, &pid])
