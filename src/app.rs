@@ -13,11 +13,16 @@ use crate::catalog;
 use crate::config::Config;
 use crate::db::{ConnectOptions, Db};
 use crate::http::{self, AppState};
+use crate::live::hub::Hub;
 use crate::live::segment::SegmentRules;
 use crate::live::wal::{AudioWal, Recovered};
 use crate::live::{Live, LiveSettings};
+use crate::pipeline::{Pipeline, PipelineSettings, Providers, SttLanguage};
 use crate::projection::lectures::{LecturesProjector, unfinished_lectures};
 use crate::projection::{self, ProjectionStatus, topics::TopicsProjector, users::UsersProjector};
+use crate::provider::llm::{ChatModel, LlmConfig, OpenAiChat};
+use crate::provider::stt::{OpenAiStt, SpeechToText, SttConfig};
+use crate::provider::{RetryPolicy, Timeouts};
 use crate::store::{EventStore, SqlBackend};
 
 /// A built application, ready to serve.
@@ -76,9 +81,32 @@ impl App {
         let secret = auth::load_or_create_secret(config.jwt_secret.as_ref(), &config.data_dir)?;
         let keys = Keys::new(&secret, config.access_token_ttl());
         let (wal, recovered) = AudioWal::open(&config.data_dir.join("wal"))?;
-        let live = Live::new(store.clone(), blobs.clone(), wal, live_settings(config));
+        let hub = Hub::new();
+        let pipeline = Pipeline::new(
+            db.clone(),
+            store.clone(),
+            blobs.clone(),
+            hub.clone(),
+            providers(config)?,
+            pipeline_settings(config)?,
+        );
+        let live = Live::new(
+            store.clone(),
+            blobs.clone(),
+            wal,
+            live_settings(config),
+            hub,
+            pipeline.notifier(),
+        );
         let recovered = recover_lectures(&db, &store, &lectures, &live, recovered).await?;
         tracing::info!(blobs = %blobs.describe(), recovered, "live lectures ready");
+        let resumed = pipeline.recover().await?;
+        tracing::info!(
+            stt = pipeline.has_stt(),
+            grader = pipeline.grader(),
+            resumed,
+            "pipeline ready"
+        );
         tracing::info!(database = ?db.dialect(), head = *store.committed().borrow(), "storage ready");
         Ok(App {
             state: AppState {
@@ -96,6 +124,7 @@ impl App {
                 }),
                 blobs,
                 live,
+                pipeline,
                 lectures,
                 public_url: config.public_url().into(),
                 upload_url_ttl: Duration::from_secs(config.upload_url_ttl_secs),
@@ -130,6 +159,62 @@ impl App {
         tracing::info!("shut down cleanly");
         Ok(())
     }
+}
+
+/// The speech-to-text and grading clients the configuration names.
+pub fn providers(config: &Config) -> anyhow::Result<Providers> {
+    use secrecy::ExposeSecret;
+    let retry = RetryPolicy {
+        max_retries: config.provider_retries,
+        ..RetryPolicy::default()
+    };
+    let stt = match &config.stt_url {
+        Some(url) => {
+            let client = OpenAiStt::new(SttConfig {
+                url: url.clone(),
+                model: config.stt_model.clone(),
+                api_key: config.stt_api_key().map(|k| k.expose_secret().to_owned()),
+                stream: config.stt_stream,
+                timeouts: Timeouts {
+                    total: Duration::from_secs(config.stt_timeout_secs),
+                    ..Timeouts::stt_default()
+                },
+                retry,
+            })
+            .map_err(|e| anyhow::anyhow!("TEACHBACK_STT_URL: {e}"))?;
+            Some(Arc::new(client) as Arc<dyn SpeechToText>)
+        }
+        None => None,
+    };
+    let llm = match &config.llm_url {
+        Some(url) => {
+            let client = OpenAiChat::new(LlmConfig {
+                url: url.clone(),
+                model: config.llm_model.clone(),
+                api_key: config.llm_api_key().map(|k| k.expose_secret().to_owned()),
+                timeouts: Timeouts {
+                    first_byte: Duration::from_secs(config.llm_first_byte_secs),
+                    total: Duration::from_secs(config.llm_timeout_secs),
+                    ..Timeouts::llm_default()
+                },
+                retry,
+            })
+            .map_err(|e| anyhow::anyhow!("TEACHBACK_LLM_URL: {e}"))?;
+            Some(Arc::new(client) as Arc<dyn ChatModel>)
+        }
+        None => None,
+    };
+    Ok(Providers { stt, llm })
+}
+
+fn pipeline_settings(config: &Config) -> anyhow::Result<PipelineSettings> {
+    Ok(PipelineSettings {
+        stt_language: SttLanguage::parse(&config.stt_language).map_err(anyhow::Error::msg)?,
+        per_lecture: config.stt_concurrency_per_lecture.max(1),
+        total: config.stt_concurrency.max(1),
+        temperature: config.llm_temperature,
+        ..PipelineSettings::default()
+    })
 }
 
 fn live_settings(config: &Config) -> LiveSettings {

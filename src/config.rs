@@ -104,6 +104,73 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_UPLOAD_URL_TTL_SECS", default_value_t = 900)]
     pub upload_url_ttl_secs: u64,
 
+    /// Speech-to-text: base URL of an OpenAI-compatible API (e.g. `https://api.openai.com/v1`,
+    /// `http://127.0.0.1:8000/v1`). Unset: audio lectures wait, "awaiting transcription".
+    #[arg(long, env = "TEACHBACK_STT_URL")]
+    pub stt_url: Option<String>,
+
+    /// Speech-to-text model (`whisper-1`, `gpt-4o-mini-transcribe`, a local model's name, …).
+    #[arg(long, env = "TEACHBACK_STT_MODEL", default_value = "whisper-1")]
+    pub stt_model: String,
+
+    /// Speech-to-text API key. Default: `OPENAI_API_KEY`.
+    #[arg(long, env = "TEACHBACK_STT_API_KEY", value_parser = secret, hide_env_values = true)]
+    pub stt_api_key: Option<SecretString>,
+
+    /// The language sent to speech-to-text: `detect` (send none; the provider detects it),
+    /// `lecture` (the language the lecture declared), or an ISO 639-1 code.
+    #[arg(long, env = "TEACHBACK_STT_LANGUAGE", default_value = "detect")]
+    pub stt_language: String,
+
+    /// Ask for streamed transcripts (`transcript.text.delta`); servers that don't stream answer
+    /// whole, which works too.
+    #[arg(long, env = "TEACHBACK_STT_STREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub stt_stream: bool,
+
+    /// Most transcriptions in flight at once, over all lectures.
+    #[arg(long, env = "TEACHBACK_STT_CONCURRENCY", default_value_t = 8)]
+    pub stt_concurrency: usize,
+
+    /// Most transcriptions in flight at once for one lecture.
+    #[arg(
+        long,
+        env = "TEACHBACK_STT_CONCURRENCY_PER_LECTURE",
+        default_value_t = 2
+    )]
+    pub stt_concurrency_per_lecture: usize,
+
+    /// Longest a transcription may take, per attempt (seconds).
+    #[arg(long, env = "TEACHBACK_STT_TIMEOUT_SECS", default_value_t = 60)]
+    pub stt_timeout_secs: u64,
+
+    /// Grading model: base URL of an OpenAI-compatible API. Unset: the built-in rubric grader.
+    #[arg(long, env = "TEACHBACK_LLM_URL")]
+    pub llm_url: Option<String>,
+
+    /// Grading model name (`gpt-4o-mini`, a local model's name, …).
+    #[arg(long, env = "TEACHBACK_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+
+    /// Grading model API key. Default: `OPENAI_API_KEY`.
+    #[arg(long, env = "TEACHBACK_LLM_API_KEY", value_parser = secret, hide_env_values = true)]
+    pub llm_api_key: Option<SecretString>,
+
+    /// Sampling temperature for grading (low: grades should not be a lottery).
+    #[arg(long, env = "TEACHBACK_LLM_TEMPERATURE", default_value_t = 0.2)]
+    pub llm_temperature: f32,
+
+    /// Longest wait for the grading model's first streamed bytes (seconds).
+    #[arg(long, env = "TEACHBACK_LLM_FIRST_BYTE_SECS", default_value_t = 20)]
+    pub llm_first_byte_secs: u64,
+
+    /// Longest a grading call may take, per attempt (seconds).
+    #[arg(long, env = "TEACHBACK_LLM_TIMEOUT_SECS", default_value_t = 120)]
+    pub llm_timeout_secs: u64,
+
+    /// Retries of a failed provider call (before any of its output reached the learner).
+    #[arg(long, env = "TEACHBACK_PROVIDER_RETRIES", default_value_t = 2)]
+    pub provider_retries: u32,
+
     /// Log filter, in `tracing` env-filter syntax (e.g. `info,teachback=debug`).
     #[arg(long, env = "TEACHBACK_LOG", default_value = "info")]
     pub log: String,
@@ -157,6 +224,16 @@ impl Config {
         }
     }
 
+    /// The speech-to-text key: `TEACHBACK_STT_API_KEY`, else `OPENAI_API_KEY`.
+    pub fn stt_api_key(&self) -> Option<SecretString> {
+        self.stt_api_key.clone().or_else(openai_key)
+    }
+
+    /// The grading model's key: `TEACHBACK_LLM_API_KEY`, else `OPENAI_API_KEY`.
+    pub fn llm_api_key(&self) -> Option<SecretString> {
+        self.llm_api_key.clone().or_else(openai_key)
+    }
+
     /// The configuration with no flags: defaults, overridden by any `TEACHBACK_*` variables set.
     pub fn defaults() -> Config {
         use clap::Parser;
@@ -167,4 +244,11 @@ impl Config {
         }
         Only::parse_from(["teachback"]).config
     }
+}
+
+fn openai_key() -> Option<SecretString> {
+    std::env::var("OPENAI_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(SecretString::from)
 }

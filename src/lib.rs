@@ -10,6 +10,10 @@
 //! - [`blob`]: audio blob storage (local filesystem, or S3 with the `s3` feature).
 //! - [`catalog`]: the starter catalogue and publishing topics.
 //! - [`live`]: live lectures: the actor per lecture, audio WAL, segmenting, the protocol.
+//! - [`provider`]: OpenAI-compatible speech-to-text and chat clients (timeouts, retries, circuit
+//!   breaker), and a fake server reproducing their wire formats for tests and benchmarks.
+//! - [`grade`]: the LLM grader's prompt and output handling, and the built-in rubric grader.
+//! - [`pipeline`]: transcription while the learner talks, then grading, streamed to the learner.
 //! - [`http`]: the HTTP API: routes, errors, extractors.
 //! - [`app`]: wiring it all together, serving until shutdown.
 //! - [`cli`]: the `teachback` command line.
@@ -21,9 +25,12 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod grade;
 pub mod http;
 pub mod live;
 pub mod loadgen;
+pub mod pipeline;
 pub mod projection;
+pub mod provider;
 pub mod store;
 pub mod users;

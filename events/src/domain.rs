@@ -90,6 +90,9 @@ pub enum AudioFormat {
     Wav,
     Mp4,
     Mp3,
+    /// No audio: a text lecture (the learner typed the explanation). Not a format a client can
+    /// declare for audio, so it is not in [`AudioFormat::ALL`].
+    Text,
 }
 
 impl AudioFormat {
@@ -111,6 +114,7 @@ impl AudioFormat {
             AudioFormat::Wav => "wav",
             AudioFormat::Mp4 => "mp4",
             AudioFormat::Mp3 => "mp3",
+            AudioFormat::Text => "text",
         }
     }
 
@@ -134,6 +138,7 @@ impl AudioFormat {
             AudioFormat::Ogg => "audio/ogg",
             AudioFormat::Mp4 => "audio/mp4",
             AudioFormat::Mp3 => "audio/mpeg",
+            AudioFormat::Text => "text/plain",
         }
     }
 
@@ -145,6 +150,7 @@ impl AudioFormat {
             AudioFormat::Ogg => "ogg",
             AudioFormat::Mp4 => "m4a",
             AudioFormat::Mp3 => "mp3",
+            AudioFormat::Text => "txt",
         }
     }
 }
@@ -157,6 +163,8 @@ pub enum LectureMode {
     Live,
     /// Uploaded whole through a signed URL (the REST fallback).
     Upload,
+    /// Typed instead of spoken: the explanation arrives as text ([`LectureTextSubmitted`]).
+    Text,
 }
 
 /// A learner started a lecture on a topic (stream `lecture-{id}`).
@@ -254,6 +262,187 @@ pub struct LectureAbandoned {
     pub duration_ms: Option<u64>,
 }
 
+/// Where a lecture's transcript came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscriptSource {
+    /// Speech-to-text of the stored audio segments.
+    Speech,
+    /// The learner typed the explanation (a text lecture).
+    Text,
+}
+
+/// A text lecture's explanation: the learner typed it instead of speaking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LectureTextSubmitted {
+    pub lecture_id: Uuid,
+    pub text: String,
+}
+
+/// One stored audio segment was transcribed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptSegmentRecognized {
+    pub lecture_id: Uuid,
+    /// The [`AudioSegmentStored::index`] it transcribes.
+    pub index: u32,
+    pub text: String,
+    /// The speech-to-text service (host and port) and model.
+    pub provider: String,
+    pub model: String,
+    /// Time the provider took, in milliseconds (retries included).
+    pub latency_ms: u64,
+}
+
+/// Every segment of a finished lecture is transcribed: the whole transcript, ready to grade. An
+/// empty transcript (silence, or nothing recognisable) is final and is not graded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptCompleted {
+    pub lecture_id: Uuid,
+    pub text: String,
+    pub source: TranscriptSource,
+    pub segments: u32,
+    pub words: u32,
+    pub empty: bool,
+}
+
+/// Which grader produced a grade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraderKind {
+    /// An OpenAI-compatible chat model.
+    Llm,
+    /// The built-in, deterministic rubric grader.
+    Rubric,
+}
+
+impl GraderKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GraderKind::Llm => "llm",
+            GraderKind::Rubric => "rubric",
+        }
+    }
+}
+
+/// Grading of a lecture began (attempt 1 after the transcript; later attempts are re-grades).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GradingStarted {
+    pub lecture_id: Uuid,
+    pub attempt: u32,
+    pub grader: GraderKind,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Set when the rubric grader stands in for an LLM that failed: why.
+    pub fallback_reason: Option<String>,
+}
+
+/// Feedback text as it streamed to the learner, coalesced (about every 100 ms) so that a replay
+/// reproduces the stream: concatenated in order, the pieces of an attempt are its feedback text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackStreamed {
+    pub lecture_id: Uuid,
+    pub attempt: u32,
+    /// Milliseconds since grading started when the last piece of `text` was produced.
+    pub offset_ms: u64,
+    pub text: String,
+}
+
+/// Sub-scores of a grade, each 0–100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubScores {
+    pub accuracy: u8,
+    pub completeness: u8,
+    pub clarity: u8,
+    pub structure: u8,
+}
+
+/// Tokens a model call used, as the provider reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// How long grading took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GradingLatency {
+    /// From the start of grading to the first feedback text.
+    pub first_token_ms: Option<u64>,
+    /// From the start of grading to the grade.
+    pub total_ms: u64,
+    /// From the lecture's finish (or the re-grade request) to the grade.
+    pub since_finish_ms: Option<u64>,
+}
+
+/// A lecture was graded. Re-grades append another one; the history keeps them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LectureGraded {
+    pub lecture_id: Uuid,
+    pub attempt: u32,
+    pub grader: GraderKind,
+    /// Set when the rubric grader stood in for a failed LLM: why. Such a grade can be re-graded.
+    pub fallback_reason: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// 0–100.
+    pub score: u8,
+    pub sub_scores: SubScores,
+    pub feedback: String,
+    pub strengths: Vec<String>,
+    pub improvements: Vec<String>,
+    pub misconceptions: Vec<String>,
+    pub usage: Option<TokenUsage>,
+    /// How the model was asked for structured output (`json_schema`, `json_object`, `prompted`).
+    pub output_mode: Option<String>,
+    pub latency: GradingLatency,
+}
+
+/// Processing a lecture failed for now; it can be retried (`teachback regrade`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GradingFailed {
+    pub lecture_id: Uuid,
+    pub attempt: u32,
+    /// `transcription` or `grading`.
+    pub stage: String,
+    /// A stable code (`provider_timeout`, `provider_quota_exceeded`, …).
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Someone asked for a lecture to be graded again (or processed again after a failure).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegradeRequested {
+    pub lecture_id: Uuid,
+    /// The attempt this request starts.
+    pub attempt: u32,
+    /// `cli` or `admin`.
+    pub requested_by: String,
+    pub reason: Option<String>,
+}
+
+/// The learner rated how helpful a lecture's feedback was (1–5; a later rating replaces it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LectureRated {
+    pub lecture_id: Uuid,
+    pub user_id: Uuid,
+    /// The grading attempt rated.
+    pub attempt: u32,
+    pub rating: u8,
+}
+
 /// Declares the event kinds once: the kind enum, its names and versions, the event enum, and the
 /// encode and decode of every variant.
 macro_rules! events {
@@ -330,9 +519,34 @@ events! {
     LectureFinished => 1,
     LectureCancelled => 1,
     LectureAbandoned => 1,
+    LectureTextSubmitted => 1,
+    TranscriptSegmentRecognized => 1,
+    TranscriptCompleted => 1,
+    GradingStarted => 1,
+    FeedbackStreamed => 1,
+    LectureGraded => 1,
+    GradingFailed => 1,
+    RegradeRequested => 1,
+    LectureRated => 1,
 }
 
 impl EventKind {
+    /// Whether this kind records the processing of a lecture (transcription, grading, rating)
+    /// rather than its recording. The recording's writer lets these interleave with its own.
+    pub const fn is_processing(self) -> bool {
+        matches!(
+            self,
+            EventKind::TranscriptSegmentRecognized
+                | EventKind::TranscriptCompleted
+                | EventKind::GradingStarted
+                | EventKind::FeedbackStreamed
+                | EventKind::LectureGraded
+                | EventKind::GradingFailed
+                | EventKind::RegradeRequested
+                | EventKind::LectureRated
+        )
+    }
+
     /// Looks a kind up by its stored type name.
     pub fn from_type_name(name: &str) -> Option<EventKind> {
         EventKind::ALL

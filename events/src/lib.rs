@@ -19,9 +19,11 @@ pub mod upcast;
 
 pub use domain::{
     AudioFormat, AudioSegmentStored, CatalogEntry, DeviceRegistered, Event, EventKind,
-    FinishReason, LectureAbandoned, LectureCancelled, LectureFinished, LectureMode, LecturePaused,
-    LectureResumed, LectureStarted, Localized, LocalizedList, TopicPublished, UserRenamed,
-    UsernameClaimed, UsernameReleased,
+    FeedbackStreamed, FinishReason, GraderKind, GradingFailed, GradingLatency, GradingStarted,
+    LectureAbandoned, LectureCancelled, LectureFinished, LectureGraded, LectureMode, LecturePaused,
+    LectureRated, LectureResumed, LectureStarted, LectureTextSubmitted, Localized, LocalizedList,
+    RegradeRequested, SubScores, TokenUsage, TopicPublished, TranscriptCompleted,
+    TranscriptSegmentRecognized, TranscriptSource, UserRenamed, UsernameClaimed, UsernameReleased,
 };
 pub use envelope::{ClientInfo, Metadata, NewEvent, RecordedEvent};
 pub use upcast::DecodeError;

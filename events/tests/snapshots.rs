@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use teachback_events::{
     AudioFormat, AudioSegmentStored, CatalogEntry, ClientInfo, DeviceRegistered, Event, EventKind,
-    FinishReason, LectureAbandoned, LectureCancelled, LectureFinished, LectureMode, LecturePaused,
-    LectureResumed, LectureStarted, Metadata, RecordedEvent, TopicPublished, UserRenamed,
-    UsernameClaimed, UsernameReleased,
+    FeedbackStreamed, FinishReason, GraderKind, GradingFailed, GradingLatency, GradingStarted,
+    LectureAbandoned, LectureCancelled, LectureFinished, LectureGraded, LectureMode, LecturePaused,
+    LectureRated, LectureResumed, LectureStarted, LectureTextSubmitted, Metadata, RecordedEvent,
+    RegradeRequested, SubScores, TokenUsage, TopicPublished, TranscriptCompleted,
+    TranscriptSegmentRecognized, TranscriptSource, UserRenamed, UsernameClaimed, UsernameReleased,
 };
 use uuid::Uuid;
 
@@ -117,6 +119,91 @@ fn sample(kind: EventKind) -> Event {
             lecture_id: uuid(3),
             segments: 2,
             duration_ms: Some(20_100),
+        }),
+        EventKind::LectureTextSubmitted => Event::LectureTextSubmitted(LectureTextSubmitted {
+            lecture_id: uuid(3),
+            text: "TCP는 연결을 먼저 설정하고, UDP는 바로 보냅니다.".into(),
+        }),
+        EventKind::TranscriptSegmentRecognized => {
+            Event::TranscriptSegmentRecognized(TranscriptSegmentRecognized {
+                lecture_id: uuid(3),
+                index: 0,
+                text: "TCP is connection oriented.".into(),
+                provider: "127.0.0.1:8000".into(),
+                model: "whisper-1".into(),
+                latency_ms: 640,
+            })
+        }
+        EventKind::TranscriptCompleted => Event::TranscriptCompleted(TranscriptCompleted {
+            lecture_id: uuid(3),
+            text: "TCP is connection oriented. UDP is not.".into(),
+            source: TranscriptSource::Speech,
+            segments: 2,
+            words: 7,
+            empty: false,
+        }),
+        EventKind::GradingStarted => Event::GradingStarted(GradingStarted {
+            lecture_id: uuid(3),
+            attempt: 1,
+            grader: GraderKind::Llm,
+            provider: Some("api.openai.com".into()),
+            model: Some("gpt-4o-mini".into()),
+            fallback_reason: None,
+        }),
+        EventKind::FeedbackStreamed => Event::FeedbackStreamed(FeedbackStreamed {
+            lecture_id: uuid(3),
+            attempt: 1,
+            offset_ms: 412,
+            text: "You explained connection setup clearly".into(),
+        }),
+        EventKind::LectureGraded => Event::LectureGraded(LectureGraded {
+            lecture_id: uuid(3),
+            attempt: 1,
+            grader: GraderKind::Rubric,
+            fallback_reason: Some("provider_timeout".into()),
+            provider: None,
+            model: None,
+            score: 72,
+            sub_scores: SubScores {
+                accuracy: 70,
+                completeness: 75,
+                clarity: 80,
+                structure: 60,
+            },
+            feedback: "A clear explanation of connection setup.".into(),
+            strengths: vec!["connection setup".into()],
+            improvements: vec!["flow control".into()],
+            misconceptions: vec![],
+            usage: Some(TokenUsage {
+                prompt_tokens: 812,
+                completion_tokens: 240,
+            }),
+            output_mode: Some("json_schema".into()),
+            latency: GradingLatency {
+                first_token_ms: Some(380),
+                total_ms: 2_950,
+                since_finish_ms: Some(3_400),
+            },
+        }),
+        EventKind::GradingFailed => Event::GradingFailed(GradingFailed {
+            lecture_id: uuid(3),
+            attempt: 1,
+            stage: "transcription".into(),
+            code: "provider_timeout".into(),
+            message: "the speech-to-text service did not answer in time".into(),
+            retryable: true,
+        }),
+        EventKind::RegradeRequested => Event::RegradeRequested(RegradeRequested {
+            lecture_id: uuid(3),
+            attempt: 2,
+            requested_by: "cli".into(),
+            reason: Some("new model".into()),
+        }),
+        EventKind::LectureRated => Event::LectureRated(LectureRated {
+            lecture_id: uuid(3),
+            user_id: uuid(1),
+            attempt: 1,
+            rating: 4,
         }),
     }
 }

@@ -2,8 +2,11 @@
 //! (one row per lecture with its owner and status) that lists them.
 
 use jiff::Timestamp;
+use std::collections::BTreeMap;
+
 use teachback_events::{
-    AudioFormat, AudioSegmentStored, DecodeError, Event, LectureMode, LectureStarted, RecordedEvent,
+    AudioFormat, AudioSegmentStored, DecodeError, Event, GradingFailed, GradingStarted,
+    LectureGraded, LectureMode, LectureStarted, RecordedEvent, TranscriptCompleted,
 };
 use uuid::Uuid;
 
@@ -53,6 +56,41 @@ impl LectureStatus {
     }
 }
 
+/// Where a lecture is in its processing (speech-to-text, then grading).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Processing {
+    /// Not finished yet, or cancelled or abandoned: nothing to process (segments may already be
+    /// transcribed while recording).
+    None,
+    /// Finished; segments are still being transcribed.
+    Transcribing,
+    /// The transcript is complete and empty: nothing was said. Final; not graded.
+    TranscriptEmpty,
+    /// The transcript is complete; a grade is being produced.
+    Grading,
+    Graded,
+    /// The current attempt failed; it can be retried with a re-grade.
+    Failed,
+}
+
+impl Processing {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Processing::None => "none",
+            Processing::Transcribing => "transcribing",
+            Processing::TranscriptEmpty => "transcript_empty",
+            Processing::Grading => "grading",
+            Processing::Graded => "graded",
+            Processing::Failed => "failed",
+        }
+    }
+
+    /// Whether processing has more to do without anyone asking.
+    pub const fn is_pending(self) -> bool {
+        matches!(self, Processing::Transcribing | Processing::Grading)
+    }
+}
+
 /// One lecture, folded from its stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lecture {
@@ -67,6 +105,26 @@ pub struct Lecture {
     pub ended_at: Option<Timestamp>,
     /// The stream version of the last event folded in.
     pub version: u64,
+    /// A text lecture's explanation.
+    pub text: Option<String>,
+    /// Transcribed segments, by segment index.
+    pub transcripts: BTreeMap<u32, String>,
+    /// The whole transcript, once every segment is in.
+    pub transcript: Option<TranscriptCompleted>,
+    /// The current grading attempt (1 for the first grade; re-grades count up).
+    pub attempt: u32,
+    /// The grading in progress or done for the current attempt.
+    pub grading: Option<GradingStarted>,
+    /// Feedback text streamed so far in the current attempt.
+    pub feedback_streamed: String,
+    /// Every grade, oldest first (re-grades keep the earlier ones).
+    pub grades: Vec<LectureGraded>,
+    /// The current attempt's failure, if it failed.
+    pub failure: Option<GradingFailed>,
+    /// When the current attempt's work began: the finish, or the re-grade request.
+    pub attempt_since: Option<Timestamp>,
+    /// The learner's helpfulness rating (1–5) of the latest grade.
+    pub rating: Option<u8>,
 }
 
 /// Why a lecture stream could not be folded.
@@ -111,6 +169,16 @@ impl Lecture {
                 stored_ms: 0,
                 ended_at: None,
                 version: first.stream_version,
+                text: None,
+                transcripts: BTreeMap::new(),
+                transcript: None,
+                attempt: 1,
+                grading: None,
+                feedback_streamed: String::new(),
+                grades: Vec::new(),
+                failure: None,
+                attempt_since: None,
+                rating: None,
             },
             _ => return Err(FoldError::NoStart(first.stream.clone())),
         };
@@ -134,7 +202,32 @@ impl Lecture {
             }
             Event::LecturePaused(_) => self.status = LectureStatus::Paused,
             Event::LectureResumed(_) => self.status = LectureStatus::Recording,
-            Event::LectureFinished(_) => self.end(LectureStatus::Finished, event.recorded_at),
+            Event::LectureFinished(_) => {
+                self.end(LectureStatus::Finished, event.recorded_at);
+                self.attempt_since = Some(event.recorded_at);
+            }
+            Event::LectureTextSubmitted(e) => self.text = Some(e.text),
+            Event::TranscriptSegmentRecognized(e) => {
+                self.transcripts.insert(e.index, e.text);
+            }
+            Event::TranscriptCompleted(e) => self.transcript = Some(e),
+            Event::GradingStarted(e) => {
+                self.feedback_streamed.clear();
+                self.grading = Some(e);
+            }
+            Event::FeedbackStreamed(e) if e.attempt == self.attempt => {
+                self.feedback_streamed.push_str(&e.text);
+            }
+            Event::LectureGraded(e) => self.grades.push(e),
+            Event::GradingFailed(e) if e.attempt == self.attempt => self.failure = Some(e),
+            Event::RegradeRequested(e) => {
+                self.attempt = e.attempt;
+                self.grading = None;
+                self.failure = None;
+                self.feedback_streamed.clear();
+                self.attempt_since = Some(event.recorded_at);
+            }
+            Event::LectureRated(e) => self.rating = Some(e.rating),
             Event::LectureCancelled(_) => self.end(LectureStatus::Cancelled, event.recorded_at),
             Event::LectureAbandoned(_) => self.end(LectureStatus::Abandoned, event.recorded_at),
             _ => {}
@@ -142,10 +235,64 @@ impl Lecture {
         Ok(())
     }
 
+    /// Where the lecture is in its processing.
+    pub fn processing(&self) -> Processing {
+        if self.status != LectureStatus::Finished {
+            return Processing::None;
+        }
+        if self.failure.is_some() {
+            return Processing::Failed;
+        }
+        match &self.transcript {
+            None => Processing::Transcribing,
+            Some(t) if t.empty => Processing::TranscriptEmpty,
+            Some(_) if self.grade().is_some() => Processing::Graded,
+            Some(_) => Processing::Grading,
+        }
+    }
+
+    /// The current attempt's grade.
+    pub fn grade(&self) -> Option<&LectureGraded> {
+        self.grades.last().filter(|g| g.attempt == self.attempt)
+    }
+
+    /// The latest grade of any attempt (a re-grade in progress still shows the earlier one).
+    pub fn latest_grade(&self) -> Option<&LectureGraded> {
+        self.grades.last()
+    }
+
+    /// Stored segments not transcribed yet.
+    pub fn untranscribed(&self) -> impl Iterator<Item = &AudioSegmentStored> {
+        self.segments
+            .iter()
+            .filter(|s| !self.transcripts.contains_key(&s.index))
+    }
+
+    /// The transcript so far: the transcribed segments in order (a gap where one is missing).
+    pub fn transcript_so_far(&self) -> String {
+        join_transcript(self.transcripts.values().map(String::as_str))
+    }
+
     fn end(&mut self, status: LectureStatus, at: Timestamp) {
         self.status = status;
         self.ended_at = Some(at);
     }
+}
+
+/// Joins transcript pieces with single spaces, skipping empty ones.
+pub fn join_transcript<'a>(pieces: impl IntoIterator<Item = &'a str>) -> String {
+    let mut text = String::new();
+    for piece in pieces {
+        let piece = piece.trim();
+        if piece.is_empty() {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(piece);
+    }
+    text
 }
 
 /// A change to the `lectures` read model.
@@ -163,6 +310,13 @@ pub enum LecturesChange {
         status: LectureStatus,
         at: Timestamp,
     },
+    ProcessingChanged {
+        lecture_id: Uuid,
+        processing: Processing,
+        /// Set by a grade; `None` leaves the score as it was.
+        score: Option<u8>,
+        at: Timestamp,
+    },
 }
 
 /// Maps one event to the changes it makes. Pure.
@@ -172,6 +326,14 @@ pub fn project(event: &RecordedEvent) -> Result<Vec<LecturesChange>, DecodeError
         vec![LecturesChange::StatusChanged {
             lecture_id,
             status,
+            at,
+        }]
+    };
+    let processing = |lecture_id, processing, score| {
+        vec![LecturesChange::ProcessingChanged {
+            lecture_id,
+            processing,
+            score,
             at,
         }]
     };
@@ -185,7 +347,27 @@ pub fn project(event: &RecordedEvent) -> Result<Vec<LecturesChange>, DecodeError
         }],
         Some(Event::LecturePaused(e)) => status(e.lecture_id, LectureStatus::Paused),
         Some(Event::LectureResumed(e)) => status(e.lecture_id, LectureStatus::Recording),
-        Some(Event::LectureFinished(e)) => status(e.lecture_id, LectureStatus::Finished),
+        Some(Event::LectureFinished(e)) => {
+            let mut changes = status(e.lecture_id, LectureStatus::Finished);
+            changes.extend(processing(e.lecture_id, Processing::Transcribing, None));
+            changes
+        }
+        Some(Event::TranscriptCompleted(e)) => processing(
+            e.lecture_id,
+            if e.empty {
+                Processing::TranscriptEmpty
+            } else {
+                Processing::Grading
+            },
+            None,
+        ),
+        Some(Event::LectureGraded(e)) => {
+            processing(e.lecture_id, Processing::Graded, Some(e.score))
+        }
+        Some(Event::GradingFailed(e)) => processing(e.lecture_id, Processing::Failed, None),
+        // Whether the re-grade must transcribe first is the pipeline's business; the row only
+        // says that work is pending.
+        Some(Event::RegradeRequested(e)) => processing(e.lecture_id, Processing::Grading, None),
         Some(Event::LectureCancelled(e)) => status(e.lecture_id, LectureStatus::Cancelled),
         Some(Event::LectureAbandoned(e)) => status(e.lecture_id, LectureStatus::Abandoned),
         _ => Vec::new(),

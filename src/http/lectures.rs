@@ -23,7 +23,7 @@ use teachback_events::{
     AudioSegmentStored, Event, FinishReason, LectureCancelled, LectureFinished, LectureMode,
     LectureStarted, NewEvent, streams,
 };
-use teachback_projections::lectures::{Lecture, LectureStatus};
+use teachback_projections::lectures::{Lecture, LectureStatus, Processing};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ use crate::live::LiveError;
 use crate::live::lecture::Action;
 use crate::live::protocol::{self, ServerMessage};
 use crate::projection::topics;
-use crate::store::{AppendError, ExpectedVersion, SubscriptionMessage};
+use crate::store::{AppendError, Direction, ExpectedVersion};
 
 /// Longest a feed follows a lecture that is not live on this server (an upload waiting for its
 /// recording); the client reconnects to follow longer.
@@ -134,6 +134,12 @@ pub fn view(state: &AppState, lecture: &Lecture) -> Value {
         f if f.is_pcm() => Some(lecture.stored_ms),
         _ => None,
     };
+    let transcript = match (&lecture.transcript, lecture.transcripts.is_empty()) {
+        (Some(t), _) => Some(t.text.clone()),
+        (None, false) => Some(lecture.transcript_so_far()),
+        (None, true) => None,
+    };
+    let grade = lecture.latest_grade();
     json!({
         "lectureId": id,
         "userId": lecture.owner(),
@@ -148,10 +154,59 @@ pub fn view(state: &AppState, lecture: &Lecture) -> Value {
         "endedAt": lecture.ended_at,
         "durationMs": duration_ms,
         "segments": segments,
-        "transcript": null,
-        "score": null,
-        "feedback": null,
+        "processing": processing(state, lecture),
+        "transcript": transcript,
+        "transcriptComplete": lecture.transcript.is_some(),
+        "attempt": lecture.attempt,
+        "score": grade.map(|g| g.score),
+        "feedback": grade.map(|g| g.feedback.clone()),
+        "grade": grade.map(grade_view),
+        "grades": lecture.grades.iter().map(|g| json!({
+            "attempt": g.attempt,
+            "grader": g.grader,
+            "fallbackReason": g.fallback_reason,
+            "score": g.score,
+        })).collect::<Vec<_>>(),
+        "failure": lecture.failure.as_ref().map(|f| json!({
+            "stage": f.stage,
+            "code": f.code,
+            "message": f.message,
+            "retryable": f.retryable,
+        })),
+        "rating": lecture.rating,
         "version": lecture.version,
+    })
+}
+
+/// Where the lecture is in its processing; an audio lecture with no speech-to-text configured
+/// is "awaiting_transcription" rather than "transcribing".
+fn processing(state: &AppState, lecture: &Lecture) -> &'static str {
+    match lecture.processing() {
+        Processing::Transcribing
+            if !state.pipeline.has_stt() && lecture.untranscribed().next().is_some() =>
+        {
+            "awaiting_transcription"
+        }
+        p => p.as_str(),
+    }
+}
+
+fn grade_view(g: &teachback_events::LectureGraded) -> Value {
+    json!({
+        "attempt": g.attempt,
+        "grader": g.grader,
+        "fallbackReason": g.fallback_reason,
+        "provider": g.provider,
+        "model": g.model,
+        "score": g.score,
+        "subScores": g.sub_scores,
+        "feedback": g.feedback,
+        "strengths": g.strengths,
+        "improvements": g.improvements,
+        "misconceptions": g.misconceptions,
+        "usage": g.usage,
+        "outputMode": g.output_mode,
+        "latency": g.latency,
     })
 }
 
@@ -169,48 +224,170 @@ pub async fn get_lecture(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateLecture {
     topic_id: String,
-    format: String,
+    #[serde(default)]
+    format: Option<String>,
     #[serde(default)]
     language: Option<String>,
+    /// A text lecture: the explanation, typed.
+    #[serde(default)]
+    text: Option<String>,
 }
 
-/// `POST /api/v1/lectures`: a lecture whose recording is uploaded whole through a signed URL.
+/// Longest text lecture, in characters.
+pub const MAX_TEXT_CHARS: usize = 20_000;
+
+/// Checks a lecture's language (default `ko`) and topic. Errors are `(code, message)`.
+async fn check_lecture(
+    state: &AppState,
+    topic_id: &str,
+    language: Option<String>,
+) -> Result<String, (&'static str, String)> {
+    let language = language.unwrap_or_else(|| "ko".to_owned());
+    if !protocol::valid_language(&language) {
+        return Err((
+            "invalid_language",
+            "language must be a two-letter ISO 639-1 code such as `ko` or `en`".into(),
+        ));
+    }
+    match topics::find_topic(&state.db, topic_id).await {
+        Ok(Some(_)) => Ok(language),
+        Ok(None) => Err((
+            "unknown_topic",
+            format!(
+                "there is no topic `{}` in the catalogue",
+                topic_id.chars().take(100).collect::<String>()
+            ),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a topic failed");
+            Err((
+                "internal",
+                "an internal error occurred; it has been logged".into(),
+            ))
+        }
+    }
+}
+
+/// Starts a text lecture: started, its text, finished, in one append; the pipeline grades it.
+/// Errors are `(code, message)`; `internal` is the server's fault.
+#[allow(clippy::too_many_arguments)]
+pub async fn start_text(
+    state: &AppState,
+    user: Uuid,
+    lecture_id: Uuid,
+    topic_id: String,
+    language: Option<String>,
+    text: &str,
+    mut meta: teachback_events::Metadata,
+) -> std::result::Result<(Uuid, crate::store::Appended), (&'static str, String)> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(("invalid_text", "the text is empty".into()));
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err((
+            "invalid_text",
+            format!("a text lecture has at most {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    let language = check_lecture(state, &topic_id, language).await?;
+    meta.acting_user = Some(user);
+    let events = [
+        Event::LectureStarted(LectureStarted {
+            lecture_id,
+            user_id: user,
+            topic_id,
+            format: teachback_events::AudioFormat::Text,
+            sample_rate: None,
+            language,
+            mode: LectureMode::Text,
+        }),
+        Event::LectureTextSubmitted(teachback_events::LectureTextSubmitted {
+            lecture_id,
+            text: text.to_owned(),
+        }),
+        Event::LectureFinished(LectureFinished {
+            lecture_id,
+            duration_ms: None,
+            segments: 0,
+            reason: FinishReason::Learner,
+        }),
+    ];
+    let appended = state
+        .store
+        .append_to_stream(
+            &streams::lecture(lecture_id),
+            ExpectedVersion::NoStream,
+            events
+                .iter()
+                .map(|e| NewEvent::from_event(e, meta.clone()))
+                .collect(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not start a text lecture");
+            (
+                "internal",
+                "an internal error occurred; it has been logged".to_owned(),
+            )
+        })?;
+    state.pipeline.notify(lecture_id);
+    Ok((lecture_id, appended))
+}
+
+/// `POST /api/v1/lectures`: a lecture whose recording is uploaded whole through a signed URL,
+/// or, with `text`, a text lecture graded from the text.
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     RequestMeta(mut meta): RequestMeta,
     ApiJson(body): ApiJson<CreateLecture>,
 ) -> Result<Response> {
-    let unprocessable =
-        |code, message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
-    let (format, _) = protocol::check_format(&body.format, None, None)
-        .map_err(|(code, message)| unprocessable(code, message))?;
+    let unprocessable = |(code, message): (&'static str, String)| match code {
+        "internal" => ApiError::Internal(anyhow::anyhow!(message)),
+        _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
+    };
+    if let Some(text) = &body.text {
+        if body.format.as_deref().is_some_and(|f| f != "text") {
+            return Err(unprocessable((
+                "invalid_request",
+                "a lecture has either `text` or an audio `format`, not both".into(),
+            )));
+        }
+        let (lecture_id, appended) = start_text(
+            &state,
+            user,
+            Uuid::now_v7(),
+            body.topic_id,
+            body.language,
+            text,
+            meta,
+        )
+        .await
+        .map_err(unprocessable)?;
+        let lecture = load(&state, lecture_id).await?.ok_or_else(not_found)?;
+        return Ok(with_position(
+            StatusCode::CREATED,
+            view(&state, &lecture),
+            appended.position,
+        ));
+    }
+    let Some(format) = body.format.as_deref() else {
+        return Err(unprocessable((
+            "invalid_request",
+            "give the recording's `format` (webm, ogg, wav, mp4, mp3), or `text` for a text lecture".into(),
+        )));
+    };
+    let (format, _) = protocol::check_format(format, None, None).map_err(unprocessable)?;
     if format.is_pcm() {
-        return Err(unprocessable(
+        return Err(unprocessable((
             "unsupported_format",
             "raw pcm_s16le is streamed over /api/v1/live; upload a container format (webm, ogg, wav, mp4, mp3)".into(),
-        ));
+        )));
     }
-    let language = body.language.unwrap_or_else(|| "ko".to_owned());
-    if !protocol::valid_language(&language) {
-        return Err(unprocessable(
-            "invalid_language",
-            "language must be a two-letter ISO 639-1 code such as `ko` or `en`".into(),
-        ));
-    }
-    if topics::find_topic(&state.db, &body.topic_id)
+    let language = check_lecture(&state, &body.topic_id, body.language)
         .await
-        .map_err(anyhow::Error::new)?
-        .is_none()
-    {
-        return Err(unprocessable(
-            "unknown_topic",
-            format!(
-                "there is no topic `{}` in the catalogue",
-                body.topic_id.chars().take(100).collect::<String>()
-            ),
-        ));
-    }
+        .map_err(unprocessable)?;
     let lecture_id = Uuid::now_v7();
     meta.acting_user = Some(user);
     let event = Event::LectureStarted(LectureStarted {
@@ -246,7 +423,7 @@ pub async fn create(
     Ok(with_position(StatusCode::CREATED, body, appended.position))
 }
 
-fn with_position(status: StatusCode, body: Value, position: u64) -> Response {
+pub(super) fn with_position(status: StatusCode, body: Value, position: u64) -> Response {
     let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()
@@ -458,6 +635,8 @@ async fn append_after(
             AppendError::WrongExpectedVersion { .. } => conflict(),
             other => other.into(),
         })?;
+    // A stored recording can be transcribed, a finished lecture graded.
+    state.pipeline.notify(lecture.id());
     Ok(appended.position)
 }
 
@@ -635,17 +814,22 @@ pub enum FeedEnd {
     Lagged,
 }
 
-/// What happened in a lecture and then what happens live, without gaps or duplicates: live
-/// frames are subscribed to *before* the log is read, and any live frame whose stream version
-/// was already sent from the log is skipped. Frames after `after` (a stream version) only.
+/// What happened in a lecture and then what happens live, without gaps or duplicates: the
+/// hub's frames are subscribed to *before* the log is read, and any frame whose stream version
+/// was already sent is skipped. Frames after `after` (a stream version) only. It ends when
+/// nothing more follows without someone asking (see [`ServerMessage::is_final`]). Token-level
+/// deltas are for the learner's connection; observers get the coalesced `feedback` frames.
+/// While the lecture is not being worked on here (an upload not yet sent, a lecture on another
+/// server), the log is polled instead.
 pub fn feed(
     state: AppState,
     lecture_id: Uuid,
     after: Option<u64>,
 ) -> impl Stream<Item = std::result::Result<Arc<ServerMessage>, FeedEnd>> + Send + 'static {
     async_stream::stream! {
-        let live = state.live.get(lecture_id).map(|h| h.subscribe());
-        let events = match state.store.read_stream_all(&streams::lecture(lecture_id)).await {
+        let mut hub = state.live.hub().subscribe(lecture_id);
+        let stream = streams::lecture(lecture_id);
+        let events = match state.store.read_stream_all(&stream).await {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "reading a lecture for a feed failed");
@@ -654,11 +838,16 @@ pub fn feed(
             }
         };
         let mut last = after;
-        let mut ended = false;
+        let mut done = false;
+        // An audio lecture that finished with no speech-to-text configured waits for one to
+        // be configured: nothing more follows, so the feed ends there.
+        let mut audio = false;
+        let mut finished = false;
         for event in &events {
             let Ok(decoded) = event.decode() else { continue };
             let Some(message) = protocol::event_message(&decoded, event.stream_version) else { continue };
-            ended |= is_terminal(&message);
+            done = ends(&message, done);
+            note(&message, &mut audio, &mut finished);
             if last.is_none_or(|l| event.stream_version > l) {
                 last = Some(event.stream_version);
                 yield Ok(Arc::new(message));
@@ -666,83 +855,89 @@ pub fn feed(
         }
         let version = events.last().map_or(0, |e| e.stream_version);
         yield Ok(Arc::new(ServerMessage::CaughtUp { lecture_id, version }));
-        if ended {
-            yield Err(FeedEnd::Done);
-            return;
-        }
-        let Some(mut rx) = live else {
-            // Not live here (an upload, or a lecture running on another instance): follow the
-            // lecture's stream in the log until it ends.
-            let after = events.last().map_or(0, |e| e.position);
-            let stream = streams::lecture(lecture_id);
-            let mut tail = std::pin::pin!(state.store.subscribe_all(after, Some(stream.clone())));
-            let give_up = tokio::time::Instant::now() + MAX_TAIL;
-            loop {
-                let Ok(Some(item)) = tokio::time::timeout_at(give_up, tail.next()).await else {
-                    break;
-                };
-                let Ok(SubscriptionMessage::Event(event)) = item else {
-                    if item.is_err() {
-                        yield Err(FeedEnd::Done);
-                        return;
-                    }
-                    continue;
-                };
-                if event.stream != stream {
-                    continue;
-                }
-                let Ok(decoded) = event.decode() else { continue };
-                let Some(message) = protocol::event_message(&decoded, event.stream_version) else { continue };
-                if last.is_some_and(|l| event.stream_version <= l) {
-                    continue;
-                }
-                last = Some(event.stream_version);
-                let terminal = is_terminal(&message);
-                yield Ok(Arc::new(message));
-                if terminal {
-                    break;
-                }
-            }
-            yield Err(FeedEnd::Done);
-            return;
-        };
+        // Versions sent from here on (hub frames of two writers may arrive out of order), above
+        // what the log gave.
+        let floor = last;
+        let mut sent = std::collections::BTreeSet::new();
+        let give_up = tokio::time::Instant::now() + MAX_TAIL;
         loop {
-            match rx.recv().await {
-                Ok(message) => {
-                    if let Some(v) = message.version() {
-                        if last.is_some_and(|l| v <= l) {
+            if done
+                || (audio
+                    && finished
+                    && !state.pipeline.has_stt()
+                    && !state.pipeline.is_active(lecture_id))
+            {
+                break;
+            }
+            let active = state.live.get(lecture_id).is_some() || state.pipeline.is_active(lecture_id);
+            let poll = tokio::time::sleep(if active { 5 * POLL } else { POLL });
+            tokio::select! {
+                frame = hub.recv() => match frame {
+                    Ok(message) => {
+                        let Some(v) = message.version() else { continue };
+                        if floor.is_some_and(|f| v <= f) || !sent.insert(v) {
                             continue;
                         }
-                        last = Some(v);
+                        last = Some(last.map_or(v, |l| l.max(v)));
+                        done = ends(&message, done);
+                        note(&message, &mut audio, &mut finished);
+                        yield Ok(message);
                     }
-                    let terminal = is_terminal(&message);
-                    yield Ok(message);
-                    if terminal {
-                        yield Err(FeedEnd::Done);
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        yield Err(FeedEnd::Lagged);
                         return;
                     }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = poll => {
+                    let from = last.map_or(0, |l| l + 1);
+                    let Ok(events) = state.store.read_stream(&stream, from, Direction::Forwards, 1000).await else {
+                        break;
+                    };
+                    for event in events {
+                        let v = event.stream_version;
+                        last = Some(last.map_or(v, |l| l.max(v)));
+                        if floor.is_some_and(|f| v <= f) || !sent.insert(v) {
+                            continue;
+                        }
+                        let Ok(decoded) = event.decode() else { continue };
+                        let Some(message) = protocol::event_message(&decoded, v) else { continue };
+                        done = ends(&message, done);
+                        note(&message, &mut audio, &mut finished);
+                        yield Ok(Arc::new(message));
+                    }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    yield Err(FeedEnd::Lagged);
-                    return;
-                }
-                Err(broadcast::error::RecvError::Closed) => {
-                    yield Err(FeedEnd::Done);
-                    return;
-                }
+                () = tokio::time::sleep_until(give_up) => break,
             }
         }
+        yield Err(FeedEnd::Done);
     }
 }
 
-fn is_terminal(message: &ServerMessage) -> bool {
-    matches!(
-        message,
-        ServerMessage::State {
-            state: "finished" | "cancelled" | "abandoned",
-            ..
+/// How often a feed reads the log while the lecture is not being worked on here (five times
+/// less often while it is: the hub brings its frames, the read only covers a hand-over).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Notes whether the lecture records audio and whether it has finished.
+fn note(message: &ServerMessage, audio: &mut bool, finished: &mut bool) {
+    match message {
+        ServerMessage::Started { format, .. } => {
+            *audio = *format != teachback_events::AudioFormat::Text;
         }
-    )
+        ServerMessage::State {
+            state: "finished", ..
+        } => *finished = true,
+        _ => {}
+    }
+}
+
+/// Whether the feed is over after `message`, given whether it was over before.
+fn ends(message: &ServerMessage, before: bool) -> bool {
+    match message {
+        m if m.is_final() => true,
+        ServerMessage::Regrading { .. } | ServerMessage::State { .. } => false,
+        _ => before,
+    }
 }
 
 fn lagged() -> ServerMessage {

@@ -14,13 +14,15 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::FutureExt;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::RequestMeta;
+use super::lectures;
+use crate::live::hub::Subscription;
 use crate::live::lecture::{Action, Command};
 use crate::live::protocol::{
     self, CLIENT_TYPES, ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage,
@@ -124,6 +126,8 @@ struct Session {
     out: mpsc::Receiver<Arc<ServerMessage>>,
     kicked: watch::Receiver<Option<Arc<ServerMessage>>>,
     current: Option<Current>,
+    /// The processing frames (transcripts, grading) of the connection's latest lecture.
+    processing: Option<Subscription>,
 }
 
 /// What to do after a frame.
@@ -149,6 +153,7 @@ impl Session {
             out,
             kicked,
             current: None,
+            processing: None,
         }
     }
 
@@ -170,6 +175,12 @@ impl Session {
                 match self.current.as_mut() {
                     Some(c) if !c.ended => c.durable.changed().await.is_ok(),
                     _ => std::future::pending().await,
+                }
+            };
+            let processing = async {
+                match self.processing.as_mut() {
+                    Some(p) => Some(p.recv().await),
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -197,6 +208,16 @@ impl Session {
                         flow = self.outgoing(&mut socket, &message).await;
                     }
                 }
+                frame = processing => match frame {
+                    Some(Ok(frame)) if frame.is_processing() => {
+                        flow = send(&mut socket, &frame).await;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(broadcast::error::RecvError::Lagged(n))) => {
+                        tracing::warn!(skipped = n, "a learner's connection fell behind its processing frames");
+                    }
+                    Some(Err(broadcast::error::RecvError::Closed)) | None => self.processing = None,
+                },
                 moved = durable => {
                     if moved {
                         flow = self.flush_ack(&mut socket).await;
@@ -361,6 +382,53 @@ impl Session {
                     Err(e) => send(socket, &e.to_message(false)).await,
                 };
             }
+            ClientMessage::Text {
+                topic_id,
+                text,
+                language,
+            } => {
+                if let Some(e) = self.busy() {
+                    return send(socket, &e.to_message(false)).await;
+                }
+                let lecture_id = Uuid::now_v7();
+                // Follow the lecture before it exists, so no frame of its grading is missed.
+                self.processing = Some(self.state.live.hub().subscribe(lecture_id));
+                let started = lectures::start_text(
+                    &self.state,
+                    self.user,
+                    lecture_id,
+                    topic_id,
+                    language,
+                    &text,
+                    self.meta.clone(),
+                )
+                .await;
+                return match started {
+                    Ok(_) => {
+                        let Ok(Some(lecture)) = lectures::load(&self.state, lecture_id).await
+                        else {
+                            return send(socket, &LiveError::internal().to_message(false)).await;
+                        };
+                        let started = ServerMessage::Started {
+                            lecture_id,
+                            topic_id: lecture.started.topic_id.clone(),
+                            format: lecture.format(),
+                            sample_rate: None,
+                            language: lecture.started.language.clone(),
+                            version: 0,
+                        };
+                        send(socket, &started).await
+                    }
+                    Err((code, message)) => {
+                        self.processing = None;
+                        let e = match code {
+                            "internal" => LiveError::internal(),
+                            code => LiveError::new(code, message),
+                        };
+                        send(socket, &e.to_message(false)).await
+                    }
+                };
+            }
             ClientMessage::Reconnect { lecture_id } => {
                 let result = self.reconnect(lecture_id).await;
                 return match result {
@@ -480,6 +548,7 @@ impl Session {
         let handle = attached
             .handle
             .expect("the registry hands the lecture over");
+        self.processing = Some(self.state.live.hub().subscribe(handle.id));
         self.current = Some(Current {
             handle,
             durable: attached.durable,
@@ -505,36 +574,39 @@ fn clip(s: &str) -> String {
 }
 
 /// Parses a text frame, telling malformed JSON, unknown types and bad fields apart.
-fn parse(text: &str) -> Result<ClientMessage, ServerMessage> {
+fn parse(text: &str) -> Result<ClientMessage, Box<ServerMessage>> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ServerMessage::error(
+        Box::new(ServerMessage::error(
             "invalid_message",
             format!("the frame is not valid JSON: {e}"),
-        )
+        ))
     })?;
     let Some(kind) = value
         .get("type")
         .and_then(|t| t.as_str())
         .map(str::to_owned)
     else {
-        return Err(ServerMessage::error(
+        return Err(Box::new(ServerMessage::error(
             "invalid_message",
             "a text frame must be a JSON object with a string `type`",
-        ));
+        )));
     };
     let known = CLIENT_TYPES.split(", ").any(|t| t == kind);
     let kind = kind.as_str();
     if !known {
-        return Err(ServerMessage::error(
+        return Err(Box::new(ServerMessage::error(
             "unknown_message_type",
             format!(
                 "unknown message type `{}`; this server knows: {CLIENT_TYPES}",
                 clip(kind)
             ),
-        ));
+        )));
     }
     serde_json::from_value(value).map_err(|e| {
-        ServerMessage::error("invalid_message", format!("invalid `{kind}` message: {e}"))
+        Box::new(ServerMessage::error(
+            "invalid_message",
+            format!("invalid `{kind}` message: {e}"),
+        ))
     })
 }
 

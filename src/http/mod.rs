@@ -11,6 +11,7 @@ pub mod admin;
 pub mod catalog;
 pub mod error;
 pub mod extract;
+pub mod grading;
 pub mod health;
 pub mod lectures;
 pub mod live;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     /// The live lectures of this instance.
     pub live: Live,
+    /// Transcription and grading.
+    pub pipeline: crate::pipeline::Pipeline,
     /// Base URL for links the API hands out (upload URLs), without a trailing slash.
     pub public_url: Arc<str>,
     pub upload_url_ttl: Duration,
@@ -108,6 +111,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/lectures/{id}/finish", post(lectures::finish))
         .route("/lectures/{id}/cancel", post(lectures::cancel))
         .route("/lectures/{id}/share", post(lectures::share))
+        .route("/lectures/{id}/rating", post(grading::rate))
         .route("/lectures/{id}/watch", get(lectures::watch))
         .route("/lectures/{id}/events", get(lectures::events))
         .route(
@@ -119,6 +123,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::put(lectures::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/admin/topics", post(admin::create_topic))
+        .route("/admin/lectures/{id}/regrade", post(grading::regrade))
         .route(
             "/admin/topics/{topic_id}",
             axum::routing::put(admin::put_topic),

@@ -11,14 +11,14 @@ use teachback_events::{
     LectureFinished, LecturePaused, LectureResumed, LectureStarted, Metadata, NewEvent, streams,
 };
 use teachback_projections::lectures::{Lecture, LectureStatus};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::protocol::{self, ServerMessage};
 use super::segment::{self, Segmenter};
-use super::{Attached, Conn, Inner, LiveError};
-use crate::store::ExpectedVersion;
+use super::{Attached, Conn, Frames, Inner, LiveError};
+use crate::store::{Direction, ExpectedVersion};
 
 /// How long finishing waits for the WAL to make the last chunks durable before it goes on.
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
@@ -165,11 +165,7 @@ impl Actor {
             .map(|rate| segment::pcm_ms(self.received_bytes, rate))
     }
 
-    pub(crate) async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        frames: broadcast::Sender<Arc<ServerMessage>>,
-    ) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>, frames: Frames) {
         let mut wal_failed = self.live.wal.failed();
         loop {
             let grace_end = self.detached_at.map(|at| at + self.live.settings.grace);
@@ -249,7 +245,7 @@ impl Actor {
         }
     }
 
-    async fn handle(&mut self, command: Command, frames: &broadcast::Sender<Arc<ServerMessage>>) {
+    async fn handle(&mut self, command: Command, frames: &Frames) {
         match command {
             Command::Attach { conn, reply } => {
                 if let Some(old) = self.conn.replace(conn) {
@@ -348,12 +344,7 @@ impl Actor {
         }));
     }
 
-    async fn audio(
-        &mut self,
-        seq: u64,
-        audio: Bytes,
-        frames: &broadcast::Sender<Arc<ServerMessage>>,
-    ) {
+    async fn audio(&mut self, seq: u64, audio: Bytes, frames: &Frames) {
         if self.live.wal.has_failed() {
             if let Some(conn) = self.conn.take() {
                 conn.kick(ServerMessage::fatal(
@@ -450,11 +441,7 @@ impl Actor {
         cut
     }
 
-    async fn control(
-        &mut self,
-        action: Action,
-        frames: &broadcast::Sender<Arc<ServerMessage>>,
-    ) -> Result<(), LiveError> {
+    async fn control(&mut self, action: Action, frames: &Frames) -> Result<(), LiveError> {
         let at_ms = self.received_ms().unwrap_or(0);
         match (action, self.status) {
             (Action::Pause, LectureStatus::Recording) => {
@@ -501,7 +488,7 @@ impl Actor {
         &mut self,
         action: Action,
         kind: Option<EndKind>,
-        frames: &broadcast::Sender<Arc<ServerMessage>>,
+        frames: &Frames,
     ) -> Result<(), LiveError> {
         if self.status.is_terminal() {
             return Err(LiveError::new(
@@ -560,10 +547,7 @@ impl Actor {
     }
 
     /// Stores the open segment as a blob and records it with `AudioSegmentStored`.
-    async fn close_segment(
-        &mut self,
-        frames: &broadcast::Sender<Arc<ServerMessage>>,
-    ) -> Result<(), LiveError> {
+    async fn close_segment(&mut self, frames: &Frames) -> Result<(), LiveError> {
         let (Some((first_seq, _)), Some((last_seq, _))) = (self.open.first(), self.open.last())
         else {
             return Ok(());
@@ -631,13 +615,34 @@ impl Actor {
         Ok(())
     }
 
+    /// Whether every event after this actor's version records processing (transcripts written by
+    /// the pipeline while the learner talks). If so, the actor's version moves past them.
+    async fn only_processing_since(&mut self) -> bool {
+        let stream = streams::lecture(self.id());
+        let Ok(events) = self
+            .live
+            .store
+            .read_stream(&stream, self.version + 1, Direction::Forwards, 1000)
+            .await
+        else {
+            return false;
+        };
+        let Some(last) = events.last() else {
+            return false;
+        };
+        let processing = events.iter().all(|e| {
+            teachback_events::EventKind::from_type_name(&e.event_type)
+                .is_some_and(|k| k.is_processing())
+        });
+        if processing {
+            self.version = last.stream_version;
+        }
+        processing
+    }
+
     /// Appends an event to the lecture's stream (retrying transient failures with the same id,
     /// which makes a retry of a write that did land a no-op) and sends its frame out.
-    async fn append(
-        &mut self,
-        event: Event,
-        frames: &broadcast::Sender<Arc<ServerMessage>>,
-    ) -> Result<(), LiveError> {
+    async fn append(&mut self, event: Event, frames: &Frames) -> Result<(), LiveError> {
         let new = NewEvent::from_event(&event, self.metadata.clone());
         let stream = streams::lecture(self.id());
         let mut attempt = 0;
@@ -653,6 +658,11 @@ impl Actor {
                 .await;
             match result {
                 Ok(outcome) => break outcome,
+                Err(e) if super::is_conflict(&e) && self.only_processing_since().await => {
+                    // The pipeline recorded a transcript in between: that is not a change to the
+                    // recording. Go on after it.
+                    continue;
+                }
                 Err(e) if super::is_conflict(&e) => {
                     // Someone else wrote this lecture: this actor's picture is stale. Stop.
                     tracing::error!(lecture = %self.id(), error = %e, "lecture stream changed under its actor");
@@ -682,8 +692,14 @@ impl Actor {
         self.version = outcome.version;
         if let Some(message) = protocol::event_message(&event, self.version) {
             let message = Arc::new(message);
-            let _ = frames.send(message.clone());
+            frames.send(message.clone());
             self.send(message);
+        }
+        if matches!(
+            event,
+            Event::AudioSegmentStored(_) | Event::LectureFinished(_)
+        ) {
+            (self.live.on_stored)(self.id());
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 //! - [`wal`]: the audio write-ahead log.
 //! - [`lecture`]: the lecture actor.
 
+pub mod hub;
 pub mod lecture;
 pub mod protocol;
 pub mod segment;
@@ -31,11 +32,12 @@ use teachback_events::{
     AudioFormat, Event, LectureMode, LectureStarted, Metadata, NewEvent, streams,
 };
 use teachback_projections::lectures::Lecture;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::blob::BlobStore;
 use crate::store::{AppendError, EventStore, ExpectedVersion};
+use hub::Hub;
 use lecture::{Actor, Command};
 use protocol::ServerMessage;
 use segment::SegmentRules;
@@ -140,18 +142,12 @@ pub struct LectureHandle {
     pub id: Uuid,
     pub owner: Uuid,
     commands: mpsc::Sender<Command>,
-    frames: broadcast::Sender<Arc<ServerMessage>>,
 }
 
 impl LectureHandle {
     /// Sends a command; `false` if the lecture has just ended.
     pub async fn send(&self, command: Command) -> bool {
         self.commands.send(command).await.is_ok()
-    }
-
-    /// Live frames of the lecture, for observers (subscribe *before* reading the log).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ServerMessage>> {
-        self.frames.subscribe()
     }
 }
 
@@ -166,6 +162,21 @@ pub struct NewLecture {
     pub metadata: Metadata,
 }
 
+/// A callback told a lecture's id.
+pub type Notifier = Arc<dyn Fn(Uuid) + Send + Sync>;
+
+/// Where an actor's frames go: the hub, under its lecture.
+pub(crate) struct Frames {
+    hub: Hub,
+    lecture: Uuid,
+}
+
+impl Frames {
+    pub(crate) fn send(&self, frame: Arc<ServerMessage>) {
+        self.hub.publish(self.lecture, frame);
+    }
+}
+
 /// The registry of live lectures. Cheap to clone.
 #[derive(Clone)]
 pub struct Live {
@@ -177,6 +188,9 @@ pub(crate) struct Inner {
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) wal: AudioWal,
     pub(crate) settings: LiveSettings,
+    pub(crate) hub: Hub,
+    /// Told the id of a lecture that stored a segment or finished (the pipeline listens).
+    pub(crate) on_stored: Notifier,
     lectures: DashMap<Uuid, LectureHandle>,
     by_user: DashMap<Uuid, Vec<Uuid>>,
     next_conn: AtomicU64,
@@ -204,6 +218,8 @@ impl Live {
         blobs: Arc<dyn BlobStore>,
         wal: AudioWal,
         settings: LiveSettings,
+        hub: Hub,
+        on_stored: Notifier,
     ) -> Live {
         Live {
             inner: Arc::new(Inner {
@@ -211,12 +227,18 @@ impl Live {
                 blobs,
                 wal,
                 settings,
+                hub,
+                on_stored,
                 lectures: DashMap::new(),
                 by_user: DashMap::new(),
                 next_conn: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
             }),
         }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
     }
 
     pub fn settings(&self) -> &LiveSettings {
@@ -321,12 +343,14 @@ impl Live {
 
     fn spawn(&self, actor: Actor) -> LectureHandle {
         let (commands, rx) = mpsc::channel(256);
-        let (frames, _) = broadcast::channel(1024);
         let handle = LectureHandle {
             id: actor.id(),
             owner: actor.owner(),
             commands,
-            frames: frames.clone(),
+        };
+        let frames = Frames {
+            hub: self.inner.hub.clone(),
+            lecture: handle.id,
         };
         self.inner.lectures.insert(handle.id, handle.clone());
         let mut slots = self.inner.by_user.entry(handle.owner).or_default();

@@ -4,7 +4,7 @@
 //! sequence number (the first chunk is 1) followed by the audio bytes.
 
 use serde::{Deserialize, Serialize};
-use teachback_events::{AudioFormat, AudioSegmentStored, Event};
+use teachback_events::{AudioFormat, AudioSegmentStored, Event, GraderKind, SubScores};
 use uuid::Uuid;
 
 /// The protocol version this server speaks.
@@ -30,6 +30,14 @@ pub enum ClientMessage {
         #[serde(default)]
         language: Option<String>,
     },
+    /// A text lecture: the explanation typed instead of spoken. It is graded like a spoken one.
+    #[serde(rename_all = "camelCase")]
+    Text {
+        topic_id: String,
+        text: String,
+        #[serde(default)]
+        language: Option<String>,
+    },
     /// Continue an interrupted lecture on this connection.
     #[serde(rename_all = "camelCase")]
     Reconnect {
@@ -47,7 +55,7 @@ pub enum ClientMessage {
 }
 
 /// The names of the client messages, for the error that lists them.
-pub const CLIENT_TYPES: &str = "start, reconnect, pause, resume, finish, cancel, ping";
+pub const CLIENT_TYPES: &str = "start, text, reconnect, pause, resume, finish, cancel, ping";
 
 /// What the server sends (text frames).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,6 +113,88 @@ pub enum ServerMessage {
         duration_ms: Option<u64>,
         version: u64,
     },
+    /// Live text of a segment being transcribed (learner only; not in the log).
+    #[serde(rename_all = "camelCase")]
+    TranscriptDelta {
+        lecture_id: Uuid,
+        index: u32,
+        text: String,
+    },
+    /// A segment's transcript.
+    #[serde(rename_all = "camelCase")]
+    Transcript {
+        lecture_id: Uuid,
+        index: u32,
+        text: String,
+        version: u64,
+    },
+    /// The whole transcript is in. `empty`: nothing was recognised; the lecture is not graded.
+    #[serde(rename_all = "camelCase")]
+    TranscriptCompleted {
+        lecture_id: Uuid,
+        text: String,
+        words: u32,
+        empty: bool,
+        version: u64,
+    },
+    /// Grading began. `fallbackReason` is set when the rubric grader stands in for the LLM.
+    #[serde(rename_all = "camelCase")]
+    Grading {
+        lecture_id: Uuid,
+        attempt: u32,
+        grader: GraderKind,
+        fallback_reason: Option<String>,
+        version: u64,
+    },
+    /// Feedback text as the grader writes it, token by token (learner only; not in the log).
+    #[serde(rename_all = "camelCase")]
+    FeedbackDelta {
+        lecture_id: Uuid,
+        attempt: u32,
+        text: String,
+    },
+    /// Feedback text as recorded in the log, about every 100 ms (observers and replays).
+    #[serde(rename_all = "camelCase")]
+    Feedback {
+        lecture_id: Uuid,
+        attempt: u32,
+        offset_ms: u64,
+        text: String,
+        version: u64,
+    },
+    /// The grade.
+    #[serde(rename_all = "camelCase")]
+    Graded {
+        lecture_id: Uuid,
+        attempt: u32,
+        grader: GraderKind,
+        fallback_reason: Option<String>,
+        score: u8,
+        sub_scores: SubScores,
+        feedback: String,
+        strengths: Vec<String>,
+        improvements: Vec<String>,
+        misconceptions: Vec<String>,
+        version: u64,
+    },
+    /// Processing failed for now; it can be retried (re-grade).
+    #[serde(rename_all = "camelCase")]
+    GradingFailed {
+        lecture_id: Uuid,
+        attempt: u32,
+        stage: String,
+        code: String,
+        message: String,
+        retryable: bool,
+        version: u64,
+    },
+    /// A re-grade was requested: a new attempt begins.
+    #[serde(rename_all = "camelCase")]
+    Regrading {
+        lecture_id: Uuid,
+        attempt: u32,
+        version: u64,
+    },
     /// For observers: everything that had happened has been sent; what follows is live.
     #[serde(rename_all = "camelCase")]
     CaughtUp { lecture_id: Uuid, version: u64 },
@@ -155,9 +245,47 @@ impl ServerMessage {
         match self {
             ServerMessage::Started { version, .. }
             | ServerMessage::Segment { version, .. }
-            | ServerMessage::State { version, .. } => Some(*version),
+            | ServerMessage::State { version, .. }
+            | ServerMessage::Transcript { version, .. }
+            | ServerMessage::TranscriptCompleted { version, .. }
+            | ServerMessage::Grading { version, .. }
+            | ServerMessage::Feedback { version, .. }
+            | ServerMessage::Graded { version, .. }
+            | ServerMessage::GradingFailed { version, .. }
+            | ServerMessage::Regrading { version, .. } => Some(*version),
             _ => None,
         }
+    }
+
+    /// Whether the frame is about processing (transcripts, grading): what the learner's own
+    /// connection takes from the hub (recording frames reach it from the lecture directly).
+    /// The coalesced `feedback` frames are left out: the learner gets `feedbackDelta` instead.
+    pub fn is_processing(&self) -> bool {
+        matches!(
+            self,
+            ServerMessage::TranscriptDelta { .. }
+                | ServerMessage::Transcript { .. }
+                | ServerMessage::TranscriptCompleted { .. }
+                | ServerMessage::Grading { .. }
+                | ServerMessage::FeedbackDelta { .. }
+                | ServerMessage::Graded { .. }
+                | ServerMessage::GradingFailed { .. }
+                | ServerMessage::Regrading { .. }
+        )
+    }
+
+    /// Whether nothing more follows for this lecture unless someone asks (a re-grade): it was
+    /// cancelled or abandoned, its transcript is empty, it was graded, or processing failed.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            ServerMessage::State {
+                state: "cancelled" | "abandoned",
+                ..
+            } | ServerMessage::TranscriptCompleted { empty: true, .. }
+                | ServerMessage::Graded { .. }
+                | ServerMessage::GradingFailed { .. }
+        )
     }
 }
 
@@ -207,6 +335,60 @@ pub fn event_message(event: &Event, version: u64) -> Option<ServerMessage> {
         ),
         Event::LectureCancelled(e) => state(e.lecture_id, "cancelled", None, None),
         Event::LectureAbandoned(e) => state(e.lecture_id, "abandoned", None, e.duration_ms),
+        Event::TranscriptSegmentRecognized(e) => ServerMessage::Transcript {
+            lecture_id: e.lecture_id,
+            index: e.index,
+            text: e.text.clone(),
+            version,
+        },
+        Event::TranscriptCompleted(e) => ServerMessage::TranscriptCompleted {
+            lecture_id: e.lecture_id,
+            text: e.text.clone(),
+            words: e.words,
+            empty: e.empty,
+            version,
+        },
+        Event::GradingStarted(e) => ServerMessage::Grading {
+            lecture_id: e.lecture_id,
+            attempt: e.attempt,
+            grader: e.grader,
+            fallback_reason: e.fallback_reason.clone(),
+            version,
+        },
+        Event::FeedbackStreamed(e) => ServerMessage::Feedback {
+            lecture_id: e.lecture_id,
+            attempt: e.attempt,
+            offset_ms: e.offset_ms,
+            text: e.text.clone(),
+            version,
+        },
+        Event::LectureGraded(e) => ServerMessage::Graded {
+            lecture_id: e.lecture_id,
+            attempt: e.attempt,
+            grader: e.grader,
+            fallback_reason: e.fallback_reason.clone(),
+            score: e.score,
+            sub_scores: e.sub_scores,
+            feedback: e.feedback.clone(),
+            strengths: e.strengths.clone(),
+            improvements: e.improvements.clone(),
+            misconceptions: e.misconceptions.clone(),
+            version,
+        },
+        Event::GradingFailed(e) => ServerMessage::GradingFailed {
+            lecture_id: e.lecture_id,
+            attempt: e.attempt,
+            stage: e.stage.clone(),
+            code: e.code.clone(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+            version,
+        },
+        Event::RegradeRequested(e) => ServerMessage::Regrading {
+            lecture_id: e.lecture_id,
+            attempt: e.attempt,
+            version,
+        },
         _ => return None,
     })
 }

@@ -35,6 +35,7 @@ async fn apply_change(tx: &mut DbTx, change: LecturesChange) -> Result<(), sqlx:
                 let mode = match mode {
                     LectureMode::Live => "live",
                     LectureMode::Upload => "upload",
+                    LectureMode::Text => "text",
                 };
                 sqlx::query(
                     "INSERT INTO lectures \
@@ -60,6 +61,18 @@ async fn apply_change(tx: &mut DbTx, change: LecturesChange) -> Result<(), sqlx:
                 .execute(conn)
                 .await?;
             }
+            LecturesChange::ProcessingChanged { lecture_id, processing, score, at } => {
+                sqlx::query(
+                    "UPDATE lectures SET processing = $2, score = COALESCE($3, score), \
+                     updated_at = $4 WHERE lecture_id = $1",
+                )
+                .bind(lecture_id)
+                .bind(processing.as_str())
+                .bind(score.map(i32::from))
+                .bind(at.as_microsecond())
+                .execute(conn)
+                .await?;
+            }
         }
     });
     Ok(())
@@ -72,6 +85,19 @@ pub async fn unfinished_lectures(db: &Db) -> Result<Vec<Uuid>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT lecture_id FROM lectures WHERE mode = 'live' AND status IN ('recording', 'paused') \
              ORDER BY started_at",
+        )
+        .fetch_all(pool)
+        .await
+    })
+}
+
+/// Finished lectures whose processing (transcription or grading) has not ended: after a restart
+/// the pipeline picks each one up from its log.
+pub async fn unprocessed_lectures(db: &Db) -> Result<Vec<Uuid>, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT lecture_id FROM lectures WHERE processing IN ('transcribing', 'grading') \
+             ORDER BY updated_at",
         )
         .fetch_all(pool)
         .await
