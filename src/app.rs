@@ -22,7 +22,7 @@ use crate::projection::lectures::{LecturesProjector, unfinished_lectures};
 use crate::projection::{self, ProjectionStatus, topics::TopicsProjector, users::UsersProjector};
 use crate::provider::llm::{ChatModel, LlmConfig, OpenAiChat};
 use crate::provider::stt::{OpenAiStt, SpeechToText, SttConfig};
-use crate::provider::{RetryPolicy, Timeouts};
+use crate::provider::{Breaker, RetryPolicy, Timeouts};
 use crate::store::{EventStore, SqlBackend};
 
 /// A built application, ready to serve.
@@ -168,6 +168,7 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
         max_retries: config.provider_retries,
         ..RetryPolicy::default()
     };
+    let breaker = || Breaker::new(5, Duration::from_secs(config.provider_breaker_secs));
     let stt = match &config.stt_url {
         Some(url) => {
             let client = OpenAiStt::new(SttConfig {
@@ -181,7 +182,8 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
                 },
                 retry,
             })
-            .map_err(|e| anyhow::anyhow!("TEACHBACK_STT_URL: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("TEACHBACK_STT_URL: {e}"))?
+            .with_breaker(breaker());
             Some(Arc::new(client) as Arc<dyn SpeechToText>)
         }
         None => None,
@@ -199,7 +201,8 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
                 },
                 retry,
             })
-            .map_err(|e| anyhow::anyhow!("TEACHBACK_LLM_URL: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("TEACHBACK_LLM_URL: {e}"))?
+            .with_breaker(breaker());
             Some(Arc::new(client) as Arc<dyn ChatModel>)
         }
         None => None,

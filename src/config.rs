@@ -171,6 +171,11 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_PROVIDER_RETRIES", default_value_t = 2)]
     pub provider_retries: u32,
 
+    /// After five provider failures in a row, calls to it stop for this long (seconds) and the
+    /// rubric grader stands in; then one trial call goes through.
+    #[arg(long, env = "TEACHBACK_PROVIDER_BREAKER_SECS", default_value_t = 30)]
+    pub provider_breaker_secs: u64,
+
     /// Log filter, in `tracing` env-filter syntax (e.g. `info,teachback=debug`).
     #[arg(long, env = "TEACHBACK_LOG", default_value = "info")]
     pub log: String,

@@ -18,9 +18,12 @@ use uuid::Uuid;
 use super::{Inner, SttLanguage};
 use crate::grade::{self, Grade, llm as llm_grade, rubric};
 use crate::live::protocol::{self, ServerMessage};
-use crate::provider::ProviderError;
 use crate::provider::stt::{SttRequest, Transcription};
+use crate::provider::{ErrorKind, ProviderError};
 use crate::store::{AppendError, Direction, ExpectedVersion};
+
+/// How many times a transcription waits for an open circuit breaker before it counts as failed.
+const CIRCUIT_WAITS: u32 = 3;
 
 /// Attempts of an append that fails for a transient reason.
 const APPEND_ATTEMPTS: u32 = 4;
@@ -184,17 +187,32 @@ async fn step(inner: &Arc<Inner>, lecture: &Lecture, work: &mut Work) -> Result<
                             }),
                         );
                     };
-                    stt.transcribe(
-                        SttRequest {
-                            audio,
-                            filename: format!("segment-{index:06}.{}", format.extension()),
-                            content_type: format.content_type().to_owned(),
-                            language,
-                            prompt: None,
-                        },
-                        &on_delta,
-                    )
-                    .await
+                    let request = || SttRequest {
+                        audio: audio.clone(),
+                        filename: format!("segment-{index:06}.{}", format.extension()),
+                        content_type: format.content_type().to_owned(),
+                        language: language.clone(),
+                        prompt: None,
+                    };
+                    // A circuit breaker that is open (or lets only one trial through) is a
+                    // reason to wait, not to fail the lecture at once.
+                    let mut waited = 0;
+                    loop {
+                        match stt.transcribe(request(), &on_delta).await {
+                            Err(e)
+                                if e.kind == ErrorKind::CircuitOpen && waited < CIRCUIT_WAITS =>
+                            {
+                                waited += 1;
+                                let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
+                                tokio::time::sleep(
+                                    pause
+                                        .clamp(Duration::from_millis(100), Duration::from_secs(30)),
+                                )
+                                .await;
+                            }
+                            other => break other,
+                        }
+                    }
                 }
                 .await;
                 (index, result)

@@ -17,8 +17,9 @@
 //!
 //! It can reproduce:
 //!
-//! - a provider's own latency ([`FakeOptions::first_byte_delay`]) and token pace
-//!   ([`FakeOptions::chunk_delay`], [`FakeOptions::chunk_chars`]);
+//! - a provider's own latency ([`FakeOptions::first_byte_delay`]), token pace
+//!   ([`FakeOptions::chunk_delay`], [`FakeOptions::chunk_chars`]) and transcription speed
+//!   ([`FakeOptions::stt_delay_per_audio_second`]);
 //! - the three error body shapes real servers use ([`ErrorShape`]: OpenAI's nested object,
 //!   whisper.cpp's flat string, FastAPI's `detail`), with any status and the retry headers
 //!   `retry-after`, `retry-after-ms` and `x-should-retry`;
@@ -217,6 +218,11 @@ pub struct FakeOptions {
     pub chunk_chars: usize,
     /// Text the transcription endpoint returns by default.
     pub stt_text: String,
+    /// Extra time a transcription takes per second of audio (a model's real-time factor: 100 ms
+    /// per second is 10× faster than real time). A successful transcription answers after
+    /// [`FakeOptions::first_byte_delay`] plus this times the file's duration (from its WAV header,
+    /// else estimated as 16 kHz 16-bit mono). Errors and hangs do not pay it.
+    pub stt_delay_per_audio_second: Duration,
     /// Whether the transcription endpoint honours `stream=true` (SSE `transcript.text.delta`/`done`), like gpt-4o-transcribe; when false it ignores `stream` and answers JSON like whisper-1/faster-whisper-server.
     ///
     /// When true, the `json` answer also carries gpt-4o-transcribe's token `usage`.
@@ -241,6 +247,7 @@ impl Default for FakeOptions {
                        retransmission, which makes it lighter and faster but unreliable, so it \
                        suits things like video calls and online games."
                 .to_owned(),
+            stt_delay_per_audio_second: Duration::ZERO,
             stt_streaming: false,
             grade: sample_grade(),
             include_usage: true,
@@ -1324,6 +1331,14 @@ async fn transcriptions(
             return cut_response();
         }
     };
+    // The model's own time for this much audio (on top of the first-byte delay above).
+    let per_second = shared.options.stt_delay_per_audio_second;
+    if !per_second.is_zero() && duration > 0.0 {
+        tokio::select! {
+            () = tokio::time::sleep(per_second.mul_f64(duration)) => {}
+            () = shared.stopped() => return cut_response(),
+        }
+    }
 
     let audio_tokens = ((duration * 10.0).ceil() as usize).max(1);
     let usage = || {
@@ -2511,6 +2526,40 @@ mod tests {
         .unwrap();
         assert_eq!(body["text"], FakeOptions::default().stt_text);
         assert_eq!(body["usage"]["type"], "tokens");
+    }
+
+    #[tokio::test]
+    async fn transcription_time_grows_with_the_audio() {
+        let fake = FakeOpenAi::start(FakeOptions {
+            first_byte_delay: Duration::from_millis(20),
+            stt_delay_per_audio_second: Duration::from_millis(100),
+            ..FakeOptions::default()
+        })
+        .await
+        .unwrap();
+        // 2 s of 16 kHz mono 16-bit silence: 20 ms + 2 × 100 ms.
+        let wav = crate::live::segment::wav(&vec![0u8; 64_000], 16_000);
+        let started = Instant::now();
+        let response = post_stt(&fake, multipart_body(&[], Some(("a.wav", &wav)))).await;
+        let took = started.elapsed();
+        assert_eq!(response.status(), 200);
+        assert!(took >= Duration::from_millis(220), "{took:?}");
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        // Errors answer without the per-second part.
+        fake.push_stt(SttReply::Error {
+            status: 500,
+            shape: ErrorShape::Nested,
+            message: "boom".to_owned(),
+            error_type: None,
+            code: None,
+            retry_after: None,
+            retry_after_ms: None,
+            should_retry: None,
+        });
+        let started = Instant::now();
+        let response = post_stt(&fake, multipart_body(&[], Some(("a.wav", &wav)))).await;
+        assert_eq!(response.status(), 500);
+        assert!(started.elapsed() < Duration::from_millis(200));
     }
 
     #[tokio::test]

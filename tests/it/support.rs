@@ -145,6 +145,16 @@ pub async fn spawn_app_on(
     tweak: impl FnOnce(&mut teachback::config::Config),
     blobs: Option<Arc<dyn teachback::blob::BlobStore>>,
 ) -> TestApp {
+    spawn_app_on_pool(db.db.clone(), tweak, blobs).await
+}
+
+/// Starts the app on a connection pool of its own (a restarted server: the previous app closes
+/// its pool when it stops).
+pub async fn spawn_app_on_pool(
+    db: Db,
+    tweak: impl FnOnce(&mut teachback::config::Config),
+    blobs: Option<Arc<dyn teachback::blob::BlobStore>>,
+) -> TestApp {
     let data = tempfile::tempdir().unwrap();
     let mut config = teachback::config::Config::defaults();
     config.data_dir = data.path().to_path_buf();
@@ -153,7 +163,7 @@ pub async fn spawn_app_on(
         Some(blobs) => blobs,
         None => teachback::blob::open(&config.blob_url()).unwrap(),
     };
-    let app = teachback::app::App::from_parts(&config, db.db.clone(), blobs)
+    let app = teachback::app::App::from_parts(&config, db, blobs)
         .await
         .unwrap();
     let state = app.state.clone();
