@@ -210,7 +210,7 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
     Ok(Providers { stt, llm })
 }
 
-fn pipeline_settings(config: &Config) -> anyhow::Result<PipelineSettings> {
+pub fn pipeline_settings(config: &Config) -> anyhow::Result<PipelineSettings> {
     Ok(PipelineSettings {
         stt_language: SttLanguage::parse(&config.stt_language).map_err(anyhow::Error::msg)?,
         per_lecture: config.stt_concurrency_per_lecture.max(1),

@@ -11,6 +11,10 @@ use futures::StreamExt;
 use crate::app::{self, App};
 use crate::config::{Config, LogFormat};
 use crate::db::{ConnectOptions, Db};
+use crate::live::hub::Hub;
+use crate::live::protocol::ServerMessage;
+use crate::pipeline::Pipeline;
+use crate::provider::fake::{FakeOpenAi, FakeOptions};
 use crate::store::{EventStore, SqlBackend, SubscriptionMessage};
 
 #[derive(Parser, Debug)]
@@ -33,6 +37,32 @@ pub enum Command {
     },
     /// Load-test live lectures: N learners stream real-time audio; report ack latency and loss.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Grade a finished lecture again with the current providers (the earlier grades stay in
+    /// the log); prints the feedback as it streams.
+    Regrade {
+        /// The lecture's id.
+        lecture: uuid::Uuid,
+        /// Why (kept in the log).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Speak a WAV file into a live lecture on a server; print the live transcript and grade.
+    Speak(crate::speak::SpeakArgs),
+    /// Run the OpenAI-compatible fake provider (for trying TeachBack and for benchmarks).
+    FakeOpenai {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: std::net::SocketAddr,
+        /// Delay before every answer (a provider's own time), in ms.
+        #[arg(long, default_value_t = 0)]
+        first_byte_ms: u64,
+        /// Delay between streamed chunks, in ms.
+        #[arg(long, default_value_t = 10)]
+        chunk_ms: u64,
+        /// What the transcription endpoint answers.
+        #[arg(long)]
+        stt_text: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,7 +96,114 @@ pub async fn main() -> anyhow::Result<()> {
                 },
         } => tail(&cli.config, from, follow, stream_prefix).await,
         Command::Loadgen(args) => crate::loadgen::run(args).await,
+        Command::Regrade { lecture, reason } => regrade(&cli.config, lecture, reason).await,
+        Command::Speak(args) => crate::speak::run(args).await,
+        Command::FakeOpenai {
+            listen,
+            first_byte_ms,
+            chunk_ms,
+            stt_text,
+        } => {
+            let defaults = FakeOptions::default();
+            let fake = FakeOpenAi::start_on(
+                listen,
+                FakeOptions {
+                    first_byte_delay: std::time::Duration::from_millis(first_byte_ms),
+                    chunk_delay: std::time::Duration::from_millis(chunk_ms),
+                    stt_text: stt_text.unwrap_or(defaults.stt_text.clone()),
+                    ..defaults
+                },
+            )
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+            eprintln!("fake OpenAI-compatible provider at {}", fake.base_url());
+            fake.serve_forever().await;
+            Ok(())
+        }
     }
+}
+
+/// Re-grades a lecture in this process, against the configured database and providers.
+async fn regrade(
+    config: &Config,
+    lecture: uuid::Uuid,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
+    db.ping_log()
+        .await
+        .context("no event log here: start the server once, or check TEACHBACK_DATABASE_URL")?;
+    let store = EventStore::start(
+        Arc::new(SqlBackend::new(db.clone())),
+        config.poll_interval(),
+    )
+    .await?;
+    let hub = Hub::new();
+    let pipeline = Pipeline::new(
+        db.clone(),
+        store.clone(),
+        crate::blob::open(&config.blob_url())?,
+        hub.clone(),
+        app::providers(config)?,
+        app::pipeline_settings(config)?,
+    );
+    let mut frames = hub.subscribe(lecture);
+    let attempt = pipeline
+        .regrade(lecture, "cli", reason, Default::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
+    eprintln!(
+        "re-grading lecture {lecture} (attempt {attempt}) with the {} grader",
+        pipeline.grader()
+    );
+    let printer = async {
+        let mut stdout = std::io::stdout();
+        while let Ok(frame) = frames.recv().await {
+            match &*frame {
+                ServerMessage::FeedbackDelta { text, .. } => {
+                    print!("{text}");
+                    let _ = stdout.flush();
+                }
+                ServerMessage::Grading {
+                    grader,
+                    fallback_reason,
+                    ..
+                } => {
+                    eprintln!(
+                        "grading by the {} grader{}",
+                        grader.as_str(),
+                        fallback_reason
+                            .as_deref()
+                            .map(|r| format!(" (fallback: {r})"))
+                            .unwrap_or_default()
+                    );
+                }
+                ServerMessage::Graded { score, .. } => {
+                    println!("\nscore: {score} / 100");
+                    return Ok(());
+                }
+                ServerMessage::GradingFailed { code, message, .. } => {
+                    anyhow::bail!("failed: {message} ({code})");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    let worked = async {
+        pipeline.process(lecture).await;
+        // Let the last frames through.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let printed = tokio::select! {
+        printed = printer => printed,
+        () = worked => Err(anyhow::anyhow!(
+            "processing stopped before a grade (is speech-to-text configured for an audio lecture \
+             whose transcript is not complete?)"
+        )),
+    };
+    store.flush().await;
+    printed
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {

@@ -32,5 +32,6 @@ pub mod loadgen;
 pub mod pipeline;
 pub mod projection;
 pub mod provider;
+pub mod speak;
 pub mod store;
 pub mod users;

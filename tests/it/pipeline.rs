@@ -273,7 +273,13 @@ async fn every_grading_failure_ends_graded_or_with_a_labelled_fallback(db: &Test
         |status, shape, error_type, code| error_with(status, shape, error_type, code, None, None);
     let text = "TCP sets up a connection with a handshake and guarantees ordering; UDP does not.";
     // (name, replies queued, expected grader, expected fallback reason, expected chat calls)
-    type Case = (&'static str, Vec<ChatReply>, &'static str, Option<&'static str>, usize);
+    type Case = (
+        &'static str,
+        Vec<ChatReply>,
+        &'static str,
+        Option<&'static str>,
+        usize,
+    );
     let cases: Vec<Case> = vec![
         ("plain success", vec![], "llm", None, 1),
         (
