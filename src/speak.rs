@@ -164,9 +164,8 @@ pub async fn run(args: SpeakArgs) -> anyhow::Result<()> {
                 println!();
                 let after = finished_at.get().map(|t| t.elapsed().as_millis());
                 println!(
-                    "[graded] score {} {} (accuracy {}, completeness {}, clarity {}, structure {}){}",
+                    "[graded] score {} / 100 (accuracy {}, completeness {}, clarity {}, structure {}){}",
                     v["score"],
-                    "/ 100",
                     v["subScores"]["accuracy"],
                     v["subScores"]["completeness"],
                     v["subScores"]["clarity"],
