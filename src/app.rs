@@ -176,7 +176,10 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
                 model: config.stt_model.clone(),
                 api_key: config.stt_api_key().map(|k| k.expose_secret().to_owned()),
                 stream: config.stt_stream,
+                // Servers that do not stream answer only when the whole segment is done: the
+                // first byte may come as late as the end.
                 timeouts: Timeouts {
+                    first_byte: Duration::from_secs(config.stt_timeout_secs),
                     total: Duration::from_secs(config.stt_timeout_secs),
                     ..Timeouts::stt_default()
                 },

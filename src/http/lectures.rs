@@ -635,7 +635,11 @@ async fn append_after(
             AppendError::WrongExpectedVersion { .. } => conflict(),
             other => other.into(),
         })?;
-    // A stored recording can be transcribed, a finished lecture graded.
+    // Observers following the lecture here get the frame; a stored recording can be
+    // transcribed, a finished lecture graded.
+    if let Some(frame) = protocol::event_message(event, appended.version) {
+        state.live.hub().publish(lecture.id(), Arc::new(frame));
+    }
     state.pipeline.notify(lecture.id());
     Ok(appended.position)
 }

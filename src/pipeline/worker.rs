@@ -322,8 +322,11 @@ async fn append(inner: &Inner, id: Uuid, version: &mut u64, event: Event) -> Res
                     .read_stream(&stream, *version + 1, Direction::Forwards, 10_000)
                     .await
                     .map_err(anyhow::Error::from)?;
+                // A rating does not change what processing does; anything else of its kind
+                // means another worker.
                 let processing = since.iter().any(|e| {
-                    EventKind::from_type_name(&e.event_type).is_none_or(|k| k.is_processing())
+                    EventKind::from_type_name(&e.event_type)
+                        .is_none_or(|k| k.is_processing() && k != EventKind::LectureRated)
                 });
                 match since.last() {
                     Some(last) if !processing => *version = last.stream_version,

@@ -41,6 +41,8 @@ sqlite_only!(
     an_empty_transcript_is_a_final_state_and_is_not_graded,
     with_no_provider_text_lectures_get_the_rubric_grade_and_audio_waits_for_transcription,
     ratings_and_regrades_keep_the_history,
+    an_uploaded_recording_is_transcribed_whole_graded_and_followed_over_sse,
+    a_restart_in_the_middle_of_grading_resumes_it_from_the_log,
 );
 
 fn with_providers(fake: &FakeOpenAi) -> impl FnOnce(&mut teachback::config::Config) + use<> {
@@ -702,4 +704,177 @@ async fn ratings_and_regrades_keep_the_history(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+async fn an_uploaded_recording_is_transcribed_whole_graded_and_followed_over_sse(db: &TestDb) {
+    let fake = FakeOpenAi::start(FakeOptions::default()).await.unwrap();
+    let app = spawn_app_with(db, |c| {
+        with_providers(&fake)(c);
+        c.stt_language = "lecture".into();
+    })
+    .await;
+    let token = learner(&app).await;
+    let r = app
+        .http
+        .post(app.url("/api/v1/lectures"))
+        .bearer_auth(&token)
+        .json(&json!({"topicId": TOPIC, "format": "wav", "language": "ko"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let lecture = created["lectureId"].as_str().unwrap().to_owned();
+    // Follow the lecture over SSE from before the upload to the grade.
+    let follow = tokio::spawn({
+        let (http, url) = (
+            app.http.clone(),
+            app.url(&format!("/api/v1/lectures/{lecture}/events")),
+        );
+        let token = token.clone();
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    let recording = teachback::live::segment::wav(&speech(3_000, 3), 16_000);
+    let r = app
+        .http
+        .put({
+            // The server hands out URLs on its public address; this test server listens elsewhere.
+            let url = created["uploadUrl"].as_str().unwrap();
+            app.url(&url[url.find("/api/").unwrap()..])
+        })
+        .header("content-type", "audio/wav")
+        .body(recording)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .http
+        .post(app.url(&format!("/api/v1/lectures/{lecture}/finish")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let view = processed(&app, &token, &lecture).await;
+    assert_eq!(view["processing"], "graded");
+    let stt: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/audio/transcriptions"))
+        .collect();
+    assert_eq!(stt.len(), 1, "the whole recording, once");
+    let fields: std::collections::HashMap<_, _> = stt[0].fields.iter().cloned().collect();
+    assert_eq!(fields.get("language").map(String::as_str), Some("ko"));
+    assert_eq!(
+        fields.get("model").map(String::as_str),
+        Some("fake-whisper")
+    );
+    assert!(stt[0].file.as_ref().unwrap().0.ends_with(".wav"));
+
+    let followed = tokio::time::timeout(Duration::from_secs(20), follow)
+        .await
+        .expect("the feed ends once the lecture is graded")
+        .unwrap();
+    let kinds: Vec<String> = followed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["type"].as_str().map(str::to_owned))
+        .collect();
+    for kind in [
+        "started",
+        "segment",
+        "state",
+        "transcript",
+        "transcriptCompleted",
+        "grading",
+        "feedback",
+        "graded",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    assert!(
+        !kinds.iter().any(|k| k == "feedbackDelta"),
+        "observers get the coalesced feedback"
+    );
+    assert!(followed.contains("event: end"));
+}
+
+async fn a_restart_in_the_middle_of_grading_resumes_it_from_the_log(db: &TestDb) {
+    let secret = || SecretString::from("a-signing-secret-shared-by-both-runs".to_owned());
+    let stuck = FakeOpenAi::start(FakeOptions::default()).await.unwrap();
+    stuck.push_chat(ChatReply::HangAfter { chunks: 8 });
+    let url = stuck.base_url();
+    let app = spawn_app_with(db, |c| {
+        c.llm_url = Some(url);
+        c.llm_timeout_secs = 120;
+        c.jwt_secret = Some(secret());
+    })
+    .await;
+    let token = learner(&app).await;
+    let lecture = text_lecture(&app, &token, "TCP uses a handshake; UDP does not.", "en").await;
+    // Wait until some feedback has streamed (and is in the log), then stop the server.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let streamed = events(&app, &lecture)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::FeedbackStreamed(_)));
+        if streamed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no feedback streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let fake = FakeOpenAi::start(FakeOptions::default()).await.unwrap();
+    let url = fake.base_url();
+    let app = spawn_app_on_pool(
+        db.reconnect().await,
+        |c| {
+            c.llm_url = Some(url);
+            c.jwt_secret = Some(secret());
+        },
+        None,
+    )
+    .await;
+    let view = processed(&app, &token, &lecture).await;
+    assert_eq!(view["processing"], "graded", "{view}");
+    assert_eq!(view["grade"]["grader"], "llm");
+    assert_eq!(view["attempt"], 1);
+    let events = events(&app, &lecture).await;
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, Event::GradingStarted(_)))
+        .count();
+    assert_eq!(started, 2, "the interrupted grading, then the resumed one");
+    // The feedback of the resumed grading alone replays to the grade's feedback.
+    let last_start = events
+        .iter()
+        .rposition(|e| matches!(e, Event::GradingStarted(_)))
+        .unwrap();
+    let replayed: String = events[last_start..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::FeedbackStreamed(f) => Some(f.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replayed, view["grade"]["feedback"].as_str().unwrap());
+    assert_eq!(fake.chat_calls(), 1);
 }
