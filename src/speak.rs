@@ -120,6 +120,7 @@ pub async fn run(args: SpeakArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     let mut sender = Some(sender);
     let mut keep = None;
+    let mut streaming = false;
     while let Some(message) = tokio::time::timeout(Duration::from_secs(600), rx.next())
         .await
         .context("no answer from the server for 10 minutes")?
@@ -146,6 +147,11 @@ pub async fn run(args: SpeakArgs) -> anyhow::Result<()> {
             }
             "transcriptCompleted" => println!("[transcript complete] {} words", v["words"]),
             "grading" => {
+                if streaming {
+                    // The model failed mid-answer; what follows replaces it.
+                    println!();
+                }
+                streaming = true;
                 println!(
                     "[grading] by the {} grader{}",
                     v["grader"].as_str().unwrap_or("?"),
@@ -162,6 +168,7 @@ pub async fn run(args: SpeakArgs) -> anyhow::Result<()> {
             }
             "graded" => {
                 println!();
+                streaming = false;
                 let after = finished_at.get().map(|t| t.elapsed().as_millis());
                 println!(
                     "[graded] score {} / 100 (accuracy {}, completeness {}, clarity {}, structure {}){}",

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use teachback::live::segment::wav_pcm;
 
 use crate::live_support::*;
-use crate::on_both_backends;
 use crate::support::{TestDb, spawn_app, spawn_app_with};
+use crate::{on_both_backends, sqlite_only};
 use futures::SinkExt;
 
 on_both_backends!(
@@ -19,22 +19,7 @@ on_both_backends!(
     the_rest_fallback_uploads_through_a_signed_url_and_streams_events,
 );
 
-/// These cover the protocol's logic, which does not depend on the database: SQLite only.
-macro_rules! sqlite_only {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_only {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = $crate::support::TestDb::sqlite().await;
-                    super::$name(&db).await;
-                    db.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
+// These cover the protocol's logic, which does not depend on the database: SQLite only.
 sqlite_only!(
     bad_input_gets_clear_errors_and_the_session_stays_open,
     a_lecture_at_the_maximum_length_is_finished_not_discarded,

@@ -13,27 +13,12 @@ use teachback::provider::fake::{
 use teachback_events::{Event, streams};
 
 use crate::live_support::{TOPIC, Ws, chunks, learner, speech};
-use crate::on_both_backends;
 use crate::support::{TestApp, TestDb, spawn_app_on, spawn_app_on_pool, spawn_app_with};
+use crate::{on_both_backends, sqlite_only};
 
 const ADMIN: &str = "pipeline-admin-token";
 
 on_both_backends!(a_live_lecture_is_transcribed_while_the_learner_talks_and_the_grade_streams);
-
-macro_rules! sqlite_only {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_only {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = $crate::support::TestDb::sqlite().await;
-                    super::$name(&db).await;
-                    db.cleanup().await;
-                }
-            )*
-        }
-    };
-}
 
 sqlite_only!(
     every_grading_failure_ends_graded_or_with_a_labelled_fallback,

@@ -91,6 +91,24 @@ pub async fn store_on(db: Db) -> EventStore {
         .unwrap()
 }
 
+/// Defines each listed `async fn(&TestDb)` as a test on SQLite only: for logic that does not
+/// depend on the database.
+#[macro_export]
+macro_rules! sqlite_only {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_only {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::support::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
 /// Defines each listed `async fn(&TestDb)` as a test on SQLite and one on PostgreSQL.
 #[macro_export]
 macro_rules! on_both_backends {
