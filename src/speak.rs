@@ -168,7 +168,6 @@ pub async fn run(args: SpeakArgs) -> anyhow::Result<()> {
             }
             "graded" => {
                 println!();
-                streaming = false;
                 let after = finished_at.get().map(|t| t.elapsed().as_millis());
                 println!(
                     "[graded] score {} / 100 (accuracy {}, completeness {}, clarity {}, structure {}){}",
