@@ -101,6 +101,7 @@ impl App {
         let recovered = recover_lectures(&db, &store, &lectures, &live, recovered).await?;
         tracing::info!(blobs = %blobs.describe(), recovered, "live lectures ready");
         let resumed = pipeline.recover().await?;
+        pipeline.spawn_sweeper(Duration::from_secs(60));
         tracing::info!(
             stt = pipeline.has_stt(),
             grader = pipeline.grader(),

@@ -154,6 +154,11 @@ impl Db {
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
     }
+
+    /// Whether [`Db::close`] was called (the server is stopping).
+    pub fn is_closed(&self) -> bool {
+        with_pool!(self, pool => pool.is_closed())
+    }
 }
 
 /// A write transaction on either database. On SQLite it holds the write lock from the start

@@ -200,6 +200,25 @@ impl Pipeline {
         Arc::new(move |lecture| pipeline.notify(lecture))
     }
 
+    /// Every `every`, wakes the lectures whose processing has not ended and that no worker holds
+    /// (a worker that gave up on a failing database, say), so none stays in progress for ever.
+    pub fn spawn_sweeper(&self, every: Duration) {
+        let pipeline = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if pipeline.inner.db.is_closed() {
+                    return;
+                }
+                if let Err(e) = pipeline.recover().await {
+                    tracing::warn!(error = %e, "looking for unprocessed lectures failed");
+                }
+            }
+        });
+    }
+
     /// Wakes every lecture whose processing had not ended when the server last stopped.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         let pending = crate::projection::lectures::unprocessed_lectures(&self.inner.db).await?;

@@ -121,6 +121,10 @@ pub async fn spawn(
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = run(&db, &store, &*projector, &position_tx, &error_tx).await;
+            if db.is_closed() {
+                // The server is stopping; the checkpoint says where to go on next time.
+                return;
+            }
             if let Err(e) = result {
                 tracing::error!(
                     projection = name,

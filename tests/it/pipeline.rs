@@ -28,6 +28,7 @@ sqlite_only!(
     ratings_and_regrades_keep_the_history,
     an_uploaded_recording_is_transcribed_whole_graded_and_followed_over_sse,
     a_restart_in_the_middle_of_grading_resumes_it_from_the_log,
+    a_server_like_llama_cpp_without_json_schema_or_usage_still_grades,
 );
 
 fn with_providers(fake: &FakeOpenAi) -> impl FnOnce(&mut teachback::config::Config) + use<> {
@@ -862,4 +863,46 @@ async fn a_restart_in_the_middle_of_grading_resumes_it_from_the_log(db: &TestDb)
         .collect();
     assert_eq!(replayed, view["grade"]["feedback"].as_str().unwrap());
     assert_eq!(fake.chat_calls(), 1);
+}
+
+async fn a_server_like_llama_cpp_without_json_schema_or_usage_still_grades(db: &TestDb) {
+    // llama-cpp-python's server answers `json_schema` with a 500 and never sends the usage chunk.
+    let fake = FakeOpenAi::start(FakeOptions {
+        reject_json_schema: true,
+        include_usage: false,
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let url = fake.base_url();
+    let app = spawn_app_with(db, move |c| c.llm_url = Some(url)).await;
+    let token = learner(&app).await;
+    for round in 0..2 {
+        let lecture =
+            text_lecture(&app, &token, "TCP orders bytes; UDP sends datagrams.", "en").await;
+        let view = processed(&app, &token, &lecture).await;
+        assert_eq!(view["grade"]["grader"], "llm", "round {round}: {view}");
+        assert_eq!(view["grade"]["outputMode"], "json_object");
+        assert_eq!(
+            view["grade"]["usage"],
+            Value::Null,
+            "no usage chunk is normal"
+        );
+    }
+    let modes: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter_map(|r| r.json.as_ref())
+        .map(|b| {
+            b["response_format"]["type"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        ["json_schema", "json_object", "json_object"],
+        "degraded once, then remembered"
+    );
 }
