@@ -1,7 +1,7 @@
 //! An OpenAI-compatible fake provider server, for tests and benchmarks only (never production).
 //!
 //! [`FakeOpenAi`] listens on a real TCP port and speaks the same wire formats as OpenAI and the
-//! OpenAI-compatible servers a user may run locally (see `shared/notes/providers.md`), so the
+//! OpenAI-compatible servers a user may run locally (faster-whisper-server, llama.cpp), so the
 //! project's HTTP clients are exercised end to end, byte for byte. It serves:
 //!
 //! - `POST /v1/chat/completions`: validates the request like OpenAI does (400 with the nested

@@ -11,8 +11,9 @@
 //! - [`Breaker`]: a circuit breaker per provider;
 //! - [`SseParser`]: a server-sent-events parser fed with arbitrary byte chunks.
 //!
-//! The wire formats and the quirks of real servers are described in
-//! `shared/notes/providers.md`. API keys are never logged nor put in error messages.
+//! The wire formats follow the OpenAI API (as its official SDK speaks it); the quirks handled are
+//! those of faster-whisper-server, whisper.cpp's server and llama-cpp-python's server. API keys
+//! are never logged nor put in error messages.
 
 pub mod fake;
 pub mod llm;
