@@ -237,7 +237,7 @@ pub struct CreateLecture {
 pub const MAX_TEXT_CHARS: usize = 20_000;
 
 /// Checks a lecture's language (default `ko`) and topic. Errors are `(code, message)`.
-async fn check_lecture(
+pub(super) async fn check_lecture(
     state: &AppState,
     topic_id: &str,
     language: Option<String>,

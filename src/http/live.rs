@@ -28,7 +28,6 @@ use crate::live::protocol::{
     self, CLIENT_TYPES, ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage,
 };
 use crate::live::{Attached, Conn, LectureHandle, LiveError, NewLecture};
-use crate::projection::topics;
 
 /// Frames queued for one connection before the lecture considers it too slow.
 const OUT_QUEUE: usize = 512;
@@ -419,13 +418,9 @@ impl Session {
                         };
                         send(socket, &started).await
                     }
-                    Err((code, message)) => {
+                    Err(refused) => {
                         self.processing = None;
-                        let e = match code {
-                            "internal" => LiveError::internal(),
-                            code => LiveError::new(code, message),
-                        };
-                        send(socket, &e.to_message(false)).await
+                        send(socket, &refusal(refused).to_message(false)).await
                     }
                 };
             }
@@ -490,28 +485,9 @@ impl Session {
         }
         let (format, sample_rate) = protocol::check_format(&format, sample_rate, channels)
             .map_err(|(code, message)| LiveError::new(code, message))?;
-        let language = language.unwrap_or_else(|| "ko".to_owned());
-        if !protocol::valid_language(&language) {
-            return Err(LiveError::new(
-                "invalid_language",
-                "language must be a two-letter ISO 639-1 code such as `ko` or `en`",
-            ));
-        }
-        let known = topics::find_topic(&self.state.db, &topic_id)
+        let language = lectures::check_lecture(&self.state, &topic_id, language)
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "topic lookup failed");
-                LiveError::internal()
-            })?;
-        if known.is_none() {
-            return Err(LiveError::new(
-                "unknown_topic",
-                format!(
-                    "there is no topic `{}` in the catalogue (see GET /api/v1/catalog)",
-                    clip(&topic_id)
-                ),
-            ));
-        }
+            .map_err(refusal)?;
         let new = NewLecture {
             user: self.user,
             topic_id,
@@ -555,6 +531,14 @@ impl Session {
             ended: false,
             acked: attached.last_seq,
         });
+    }
+}
+
+/// A lecture refused by the shared checks (`internal`: the server's fault, logged there).
+fn refusal((code, message): (&'static str, String)) -> LiveError {
+    match code {
+        "internal" => LiveError::internal(),
+        code => LiveError::new(code, message),
     }
 }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::protocol::{self, ServerMessage};
 use super::segment::{self, Segmenter};
 use super::{Attached, Conn, Frames, Inner, LiveError};
-use crate::store::{Direction, ExpectedVersion};
+use crate::store::ExpectedVersion;
 
 /// How long finishing waits for the WAL to make the last chunks durable before it goes on.
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
@@ -618,26 +618,21 @@ impl Actor {
     /// Whether every event after this actor's version records processing (transcripts written by
     /// the pipeline while the learner talks). If so, the actor's version moves past them.
     async fn only_processing_since(&mut self) -> bool {
-        let stream = streams::lecture(self.id());
-        let Ok(events) = self
+        let stepped = self
             .live
             .store
-            .read_stream(&stream, self.version + 1, Direction::Forwards, 1000)
-            .await
-        else {
-            return false;
-        };
-        let Some(last) = events.last() else {
-            return false;
-        };
-        let processing = events.iter().all(|e| {
-            teachback_events::EventKind::from_type_name(&e.event_type)
-                .is_some_and(|k| k.is_processing())
-        });
-        if processing {
-            self.version = last.stream_version;
+            .version_if_only(&streams::lecture(self.id()), self.version, |e| {
+                teachback_events::EventKind::from_type_name(&e.event_type)
+                    .is_some_and(|k| k.is_processing())
+            })
+            .await;
+        match stepped {
+            Ok(Some(version)) => {
+                self.version = version;
+                true
+            }
+            _ => false,
         }
-        processing
     }
 
     /// Appends an event to the lecture's stream (retrying transient failures with the same id,

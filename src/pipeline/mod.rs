@@ -273,15 +273,10 @@ impl Pipeline {
         metadata: teachback_events::Metadata,
     ) -> Result<u32, RegradeError> {
         use teachback_events::{Event, NewEvent, RegradeRequested, streams};
-        use teachback_projections::lectures::{Lecture, LectureStatus, Processing};
-        let events = self
-            .inner
-            .store
-            .read_stream_all(&streams::lecture(lecture))
-            .await
-            .map_err(anyhow::Error::from)?;
-        let folded = Lecture::fold(&events).map_err(anyhow::Error::from)?;
-        let folded = folded.ok_or(RegradeError::NotFound)?;
+        use teachback_projections::lectures::{LectureStatus, Processing};
+        let folded = worker::load(&self.inner, lecture)
+            .await?
+            .ok_or(RegradeError::NotFound)?;
         if folded.status != LectureStatus::Finished {
             return Err(RegradeError::NotFinished(folded.status.as_str()));
         }

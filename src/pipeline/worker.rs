@@ -20,7 +20,7 @@ use crate::grade::{self, Grade, llm as llm_grade, rubric};
 use crate::live::protocol::{self, ServerMessage};
 use crate::provider::stt::{SttRequest, Transcription};
 use crate::provider::{ErrorKind, ProviderError};
-use crate::store::{AppendError, Direction, ExpectedVersion};
+use crate::store::{AppendError, ExpectedVersion};
 
 /// How many times a transcription waits for an open circuit breaker before it counts as failed.
 const CIRCUIT_WAITS: u32 = 3;
@@ -131,7 +131,7 @@ pub(super) async fn has_work(inner: &Inner, id: Uuid) -> bool {
     transcribable || completable || lecture.processing() == Processing::Grading
 }
 
-async fn load(inner: &Inner, id: Uuid) -> anyhow::Result<Option<Lecture>> {
+pub(super) async fn load(inner: &Inner, id: Uuid) -> anyhow::Result<Option<Lecture>> {
     let events = inner.store.read_stream_all(&streams::lecture(id)).await?;
     Ok(Lecture::fold(&events)?)
 }
@@ -317,21 +317,17 @@ async fn append(inner: &Inner, id: Uuid, version: &mut u64, event: Event) -> Res
                 return Ok(());
             }
             Err(AppendError::WrongExpectedVersion { .. }) => {
-                let since = inner
+                // Recording events and ratings do not change what processing does; any other
+                // processing event means another worker.
+                let stepped = inner
                     .store
-                    .read_stream(&stream, *version + 1, Direction::Forwards, 10_000)
+                    .version_if_only(&stream, *version, |e| {
+                        EventKind::from_type_name(&e.event_type)
+                            .is_some_and(|k| !k.is_processing() || k == EventKind::LectureRated)
+                    })
                     .await
                     .map_err(anyhow::Error::from)?;
-                // A rating does not change what processing does; anything else of its kind
-                // means another worker.
-                let processing = since.iter().any(|e| {
-                    EventKind::from_type_name(&e.event_type)
-                        .is_none_or(|k| k.is_processing() && k != EventKind::LectureRated)
-                });
-                match since.last() {
-                    Some(last) if !processing => *version = last.stream_version,
-                    _ => return Err(StepError::Conflict),
-                }
+                *version = stepped.ok_or(StepError::Conflict)?;
             }
             Err(e) if attempt + 1 < APPEND_ATTEMPTS => {
                 attempt += 1;
@@ -481,24 +477,27 @@ async fn grade_lecture(inner: &Arc<Inner>, lecture: &Lecture) -> Result<(), Step
     let since = lecture.attempt_since;
     let since_finish =
         || since.map(|at| jiff::Timestamp::now().duration_since(at).as_millis().max(0) as u64);
+    let grading_started = |grader, provider, model, fallback_reason| {
+        Event::GradingStarted(GradingStarted {
+            lecture_id: id,
+            attempt,
+            grader,
+            provider,
+            model,
+            fallback_reason,
+        })
+    };
     let mut version = lecture.version;
     let mut fallback_reason = None;
     if let Some(llm) = inner.providers.llm.clone() {
         let started = Instant::now();
-        append(
-            inner,
-            id,
-            &mut version,
-            Event::GradingStarted(GradingStarted {
-                lecture_id: id,
-                attempt,
-                grader: GraderKind::Llm,
-                provider: Some(llm.provider().to_owned()),
-                model: Some(llm.model().to_owned()),
-                fallback_reason: None,
-            }),
-        )
-        .await?;
+        let event = grading_started(
+            GraderKind::Llm,
+            Some(llm.provider().to_owned()),
+            Some(llm.model().to_owned()),
+            None,
+        );
+        append(inner, id, &mut version, event).await?;
         let request = llm_grade::request(&input, inner.settings.temperature);
         let (tx, rx) = mpsc::unbounded_channel();
         let call = async move {
@@ -560,20 +559,8 @@ async fn grade_lecture(inner: &Arc<Inner>, lecture: &Lecture) -> Result<(), Step
     }
     // The rubric grader: the default without a model, and the stand-in when the model failed.
     let started = Instant::now();
-    append(
-        inner,
-        id,
-        &mut version,
-        Event::GradingStarted(GradingStarted {
-            lecture_id: id,
-            attempt,
-            grader: GraderKind::Rubric,
-            provider: None,
-            model: None,
-            fallback_reason: fallback_reason.clone(),
-        }),
-    )
-    .await?;
+    let event = grading_started(GraderKind::Rubric, None, None, fallback_reason.clone());
+    append(inner, id, &mut version, event).await?;
     let grade = rubric::grade(&input);
     let mut feedback = Feedback::new(inner, id, attempt, &mut version, started);
     feedback.whole(&grade.feedback).await?;

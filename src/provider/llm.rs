@@ -570,15 +570,14 @@ impl ChatModel for OpenAiChat {
                         last_error = Some(error);
                         continue;
                     }
-                    if !error.retryable || retries >= self.config.retry.max_retries {
-                        tracing::warn!(
-                            provider = %self.provider,
-                            code = error.code_str(),
-                            status = ?error.status,
-                            attempts,
-                            error = %error,
-                            "chat completion failed"
-                        );
+                    let retry = self.config.retry.wait_to_retry(
+                        &self.provider,
+                        "chat completion",
+                        &error,
+                        &mut retries,
+                        attempts,
+                    );
+                    if !retry.await {
                         return Err(ChatError {
                             error,
                             tokens_delivered: false,
@@ -586,18 +585,6 @@ impl ChatModel for OpenAiChat {
                             attempts,
                         });
                     }
-                    let delay = self.config.retry.delay(retries, error.retry_after);
-                    retries += 1;
-                    tracing::warn!(
-                        provider = %self.provider,
-                        code = error.code_str(),
-                        status = ?error.status,
-                        attempt = attempts,
-                        delay_ms = delay.as_millis() as u64,
-                        error = %error,
-                        "chat attempt failed; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
                     last_error = Some(error);
                 }
             }

@@ -105,6 +105,43 @@ impl RetryPolicy {
         let jitter = 1.0 - 0.25 * rand::random::<f64>();
         Duration::from_secs_f64((capped * jitter).max(0.0))
     }
+
+    /// After `error` on attempt `attempts` of a `call` (`"chat completion"`, …): `false` (and a
+    /// log line) when it must not be retried or the retries are spent; otherwise logs, counts the
+    /// retry in `retries`, waits [`RetryPolicy::delay`] and returns `true`.
+    pub async fn wait_to_retry(
+        &self,
+        provider: &str,
+        call: &str,
+        error: &ProviderError,
+        retries: &mut u32,
+        attempts: u32,
+    ) -> bool {
+        if !error.retryable || *retries >= self.max_retries {
+            tracing::warn!(
+                provider,
+                code = error.code_str(),
+                status = ?error.status,
+                attempts,
+                error = %error,
+                "{call} failed"
+            );
+            return false;
+        }
+        let delay = self.delay(*retries, error.retry_after);
+        *retries += 1;
+        tracing::warn!(
+            provider,
+            code = error.code_str(),
+            status = ?error.status,
+            attempt = attempts,
+            delay_ms = delay.as_millis() as u64,
+            error = %error,
+            "{call} attempt failed; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        true
+    }
 }
 
 /// What kind of failure a [`ProviderError`] is.

@@ -446,29 +446,16 @@ impl SpeechToText for OpenAiStt {
                         last_error = Some(error);
                         continue;
                     }
-                    if !error.retryable || retries >= self.config.retry.max_retries {
-                        tracing::warn!(
-                            provider = %self.provider,
-                            code = error.code_str(),
-                            status = ?error.status,
-                            attempts,
-                            error = %error,
-                            "speech-to-text failed"
-                        );
+                    let retry = self.config.retry.wait_to_retry(
+                        &self.provider,
+                        "speech-to-text",
+                        &error,
+                        &mut retries,
+                        attempts,
+                    );
+                    if !retry.await {
                         return Err(error);
                     }
-                    let delay = self.config.retry.delay(retries, error.retry_after);
-                    retries += 1;
-                    tracing::warn!(
-                        provider = %self.provider,
-                        code = error.code_str(),
-                        status = ?error.status,
-                        attempt = attempts,
-                        delay_ms = delay.as_millis() as u64,
-                        error = %error,
-                        "speech-to-text attempt failed; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
                     last_error = Some(error);
                 }
             }

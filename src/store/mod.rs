@@ -308,6 +308,24 @@ impl EventStore {
             .await
     }
 
+    /// After an append to `stream` expecting `version` met a conflict: the stream's current
+    /// version if every event after `version` is one that `may_step_over` accepts (another
+    /// writer's kind of event, which the appender can safely append after), else `None`.
+    pub async fn version_if_only(
+        &self,
+        stream: &str,
+        version: u64,
+        may_step_over: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let since = self
+            .read_stream(stream, version + 1, Direction::Forwards, 10_000)
+            .await?;
+        Ok(match since.last() {
+            Some(last) if since.iter().all(may_step_over) => Some(last.stream_version),
+            _ => None,
+        })
+    }
+
     /// A whole stream, forwards, read in pages.
     pub async fn read_stream_all(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         const PAGE: usize = 1_000;
