@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::analytics::Prices;
 use crate::auth::{self, Keys};
 use crate::blob::{self, BlobStore};
 use crate::catalog;
@@ -18,17 +19,31 @@ use crate::live::segment::SegmentRules;
 use crate::live::wal::{AudioWal, Recovered};
 use crate::live::{Live, LiveSettings};
 use crate::pipeline::{Pipeline, PipelineSettings, Providers, SttLanguage};
+use crate::projection::learning::LearningProjector;
 use crate::projection::lectures::{LecturesProjector, unfinished_lectures};
-use crate::projection::{self, ProjectionStatus, topics::TopicsProjector, users::UsersProjector};
+use crate::projection::{
+    self, ProjectionStatus, Projector, topics::TopicsProjector, users::UsersProjector,
+};
 use crate::provider::llm::{ChatModel, LlmConfig, OpenAiChat};
 use crate::provider::stt::{OpenAiStt, SpeechToText, SttConfig};
 use crate::provider::{Breaker, RetryPolicy, Timeouts};
+use crate::rankings::Rankings;
 use crate::store::{EventStore, SqlBackend};
 
 /// A built application, ready to serve.
 pub struct App {
     pub state: AppState,
     max_body_bytes: usize,
+}
+
+/// Every projection, in the order the server starts them: users, topics, lectures, learning.
+pub fn projectors(tz: &jiff::tz::TimeZone) -> Vec<Arc<dyn Projector>> {
+    vec![
+        Arc::new(UsersProjector::default()),
+        Arc::new(TopicsProjector::default()),
+        Arc::new(LecturesProjector::default()),
+        Arc::new(LearningProjector::new(tz.clone())),
+    ]
 }
 
 impl App {
@@ -60,6 +75,7 @@ impl App {
         blobs: Arc<dyn BlobStore>,
     ) -> anyhow::Result<App> {
         create_data_dir(&config.data_dir)?;
+        crate::http::ops::recorder();
         db.migrate().await?;
         let store = EventStore::start(
             Arc::new(SqlBackend::new(db.clone())),
@@ -67,11 +83,16 @@ impl App {
         )
         .await
         .context("starting the event store")?;
-        let users = projection::spawn(db.clone(), store.clone(), Arc::new(UsersProjector)).await?;
-        let topics =
-            projection::spawn(db.clone(), store.clone(), Arc::new(TopicsProjector)).await?;
-        let lectures =
-            projection::spawn(db.clone(), store.clone(), Arc::new(LecturesProjector)).await?;
+        let tz = config.tz()?;
+        let projectors = projectors(&tz);
+        let mut statuses = Vec::with_capacity(projectors.len());
+        for projector in &projectors {
+            statuses.push(projection::spawn(db.clone(), store.clone(), projector.clone()).await?);
+        }
+        let [users, topics, lectures, learning]: [ProjectionStatus; 4] = statuses
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("four projections"))?;
+        let rankings = Rankings::start(db.clone(), tz, learning.clone()).await?;
         let published = catalog::publish(&store, catalog::starter())
             .await
             .context("publishing the starter catalogue")?;
@@ -127,6 +148,14 @@ impl App {
                 live,
                 pipeline,
                 lectures,
+                learning,
+                projectors: Arc::new(projectors),
+                rankings,
+                prices: Prices {
+                    prompt_per_mtok: config.price_prompt_per_mtok,
+                    completion_per_mtok: config.price_completion_per_mtok,
+                    stt_per_minute: config.price_stt_per_minute,
+                },
                 public_url: config.public_url().into(),
                 upload_url_ttl: Duration::from_secs(config.upload_url_ttl_secs),
                 max_recording_bytes: config.max_recording_bytes,

@@ -35,6 +35,11 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Projection operations: rebuild from the log, show where each one is.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Load-test live lectures: N learners stream real-time audio; report ack latency and loss.
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Grade a finished lecture again with the current providers (the earlier grades stay in
@@ -62,6 +67,24 @@ pub enum Command {
         /// What the transcription endpoint answers.
         #[arg(long)]
         stt_text: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectionsCommand {
+    /// Rebuild projections from the whole log into fresh tables and swap them in. A running
+    /// server keeps serving meanwhile and carries on from the rebuilt position.
+    Rebuild {
+        /// The projection's base name (`users`, `topics`, `lectures`, `learning`). Default: all.
+        name: Option<String>,
+        /// Print a JSON report instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each projection's position and how far it is behind the log.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,6 +118,7 @@ pub async fn main() -> anyhow::Result<()> {
                     stream_prefix,
                 },
         } => tail(&cli.config, from, follow, stream_prefix).await,
+        Command::Projections { command } => projections(&cli.config, command).await,
         Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Regrade { lecture, reason } => regrade(&cli.config, lecture, reason).await,
         Command::Speak(args) => crate::speak::run(args).await,
@@ -121,6 +145,113 @@ pub async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens the configured database and its event log (for commands run beside a server).
+async fn open_log(config: &Config) -> anyhow::Result<(Db, EventStore)> {
+    let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
+    db.ping_log()
+        .await
+        .context("no event log here: start the server once, or check TEACHBACK_DATABASE_URL")?;
+    db.migrate().await?;
+    let store = EventStore::start(
+        Arc::new(SqlBackend::new(db.clone())),
+        config.poll_interval(),
+    )
+    .await?;
+    Ok((db, store))
+}
+
+async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Result<()> {
+    let (db, store) = open_log(config).await?;
+    let all = app::projectors(&config.tz()?);
+    match command {
+        ProjectionsCommand::Status { json } => {
+            let list: Vec<_> = all.iter().map(|p| &**p).collect();
+            let (head, standings) = crate::projection::ops::status(&db, &list).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "head": head, "projections": standings })
+                );
+            } else {
+                println!("log head: {head}");
+                println!(
+                    "{:<28} {:>12} {:>10} {:>10}",
+                    "projection", "position", "lag", "lag (s)"
+                );
+                for s in standings {
+                    println!(
+                        "{:<28} {:>12} {:>10} {:>10.1}",
+                        s.name, s.position, s.lag, s.lag_seconds
+                    );
+                }
+            }
+        }
+        ProjectionsCommand::Rebuild { name, json } => {
+            let chosen: Vec<_> = all
+                .iter()
+                .filter(|p| {
+                    name.as_deref()
+                        .is_none_or(|n| crate::projection::base_name(p.name()) == n)
+                })
+                .collect();
+            if chosen.is_empty() {
+                let names: Vec<_> = all
+                    .iter()
+                    .map(|p| crate::projection::base_name(p.name()))
+                    .collect();
+                anyhow::bail!(
+                    "no projection called `{}`; there are: {}",
+                    name.unwrap_or_default(),
+                    names.join(", ")
+                );
+            }
+            let mut reports = Vec::new();
+            for projector in chosen {
+                let bar = if json {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    indicatif::ProgressBar::new(0).with_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{msg:<28} [{bar:30}] {pos}/{len} ({per_sec}, {eta})",
+                        )?
+                        .progress_chars("=> "),
+                    )
+                };
+                bar.set_message(projector.name().to_owned());
+                let report = crate::projection::ops::rebuild(&db, &store, &**projector, &|p| {
+                    bar.set_length(p.head);
+                    bar.set_position(p.position);
+                })
+                .await?;
+                bar.finish_and_clear();
+                let rate = report.events as f64 / report.elapsed.as_secs_f64().max(1e-9);
+                if !json {
+                    println!(
+                        "{}: rebuilt from {} events up to position {} in {:.2} s ({:.0} events/s)",
+                        report.name,
+                        report.events,
+                        report.position,
+                        report.elapsed.as_secs_f64(),
+                        rate
+                    );
+                }
+                reports.push(serde_json::json!({
+                    "name": report.name,
+                    "events": report.events,
+                    "position": report.position,
+                    "seconds": report.elapsed.as_secs_f64(),
+                    "eventsPerSecond": rate,
+                }));
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(reports));
+            }
+        }
+    }
+    db.close().await;
+    Ok(())
 }
 
 /// Re-grades a lecture in this process, against the configured database and providers.

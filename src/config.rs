@@ -155,6 +155,28 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_LLM_API_KEY", value_parser = secret, hide_env_values = true)]
     pub llm_api_key: Option<SecretString>,
 
+    /// Time zone of calendar days: daily streaks, the ranking week and month, analytics days.
+    /// An IANA name such as `Asia/Seoul`. Changing it rebuilds the learning projection.
+    #[arg(long, env = "TEACHBACK_TIME_ZONE", default_value = "UTC")]
+    pub time_zone: String,
+
+    /// Price of the grading model's prompt tokens, US dollars per million (analytics' cost
+    /// estimate; the default is gpt-4o-mini's).
+    #[arg(long, env = "TEACHBACK_PRICE_PROMPT_PER_MTOK", default_value_t = 0.15)]
+    pub price_prompt_per_mtok: f64,
+
+    /// Price of the grading model's completion tokens, US dollars per million.
+    #[arg(
+        long,
+        env = "TEACHBACK_PRICE_COMPLETION_PER_MTOK",
+        default_value_t = 0.60
+    )]
+    pub price_completion_per_mtok: f64,
+
+    /// Price of speech-to-text, US dollars per minute of audio (whisper-1's by default).
+    #[arg(long, env = "TEACHBACK_PRICE_STT_PER_MINUTE", default_value_t = 0.006)]
+    pub price_stt_per_minute: f64,
+
     /// Sampling temperature for grading (low: grades should not be a lottery).
     #[arg(long, env = "TEACHBACK_LLM_TEMPERATURE", default_value_t = 0.2)]
     pub llm_temperature: f32,
@@ -256,4 +278,17 @@ fn openai_key() -> Option<SecretString> {
         .ok()
         .filter(|k| !k.is_empty())
         .map(SecretString::from)
+}
+
+impl Config {
+    /// The configured time zone.
+    pub fn tz(&self) -> anyhow::Result<jiff::tz::TimeZone> {
+        jiff::tz::TimeZone::get(&self.time_zone).map_err(|e| {
+            anyhow::anyhow!(
+                "TEACHBACK_TIME_ZONE `{}` is not a known time zone (use an IANA name such as \
+                 `UTC` or `Asia/Seoul`): {e}",
+                self.time_zone
+            )
+        })
+    }
 }

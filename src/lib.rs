@@ -14,10 +14,13 @@
 //!   breaker), and a fake server reproducing their wire formats for tests and benchmarks.
 //! - [`grade`]: the LLM grader's prompt and output handling, and the built-in rubric grader.
 //! - [`pipeline`]: transcription while the learner talks, then grading, streamed to the learner.
+//! - [`rankings`]: the in-memory ranking boards, following the learning read model.
+//! - [`analytics`]: the team's numbers, from the learning read model.
 //! - [`http`]: the HTTP API: routes, errors, extractors.
 //! - [`app`]: wiring it all together, serving until shutdown.
 //! - [`cli`]: the `teachback` command line.
 
+pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod blob;
@@ -32,6 +35,7 @@ pub mod loadgen;
 pub mod pipeline;
 pub mod projection;
 pub mod provider;
+pub mod rankings;
 pub mod speak;
 pub mod store;
 pub mod users;

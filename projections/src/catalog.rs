@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use teachback_events::{DecodeError, Event, RecordedEvent, TopicPublished};
 
 /// The projection's name; its checkpoint is stored under it.
-pub const NAME: &str = "topics";
+pub const NAME: &str = "topics.v1";
 
 /// A change to the topics read model.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use teachback_events::{
 use uuid::Uuid;
 
 /// The projection's name; its checkpoint is stored under it.
-pub const NAME: &str = "lectures";
+pub const NAME: &str = "lectures.v1";
 
 /// Where a lecture is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

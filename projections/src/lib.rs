@@ -11,7 +11,9 @@
 //! - [`lectures`]: one lecture folded from its stream; the `lectures` read model.
 
 pub mod catalog;
+pub mod learning;
 pub mod lectures;
+pub mod rankings;
 pub mod users;
 
 use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};

@@ -7,7 +7,7 @@ use teachback_events::{DecodeError, Event, RecordedEvent};
 use uuid::Uuid;
 
 /// The projection's name; its checkpoint is stored under it.
-pub const NAME: &str = "users";
+pub const NAME: &str = "users.v1";
 
 /// A change to the users read model.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use teachback_events::{Localized, LocalizedList, TopicPublished};
 
 use super::AppState;
 use super::error::{ApiError, Result};
+use crate::projection::learning::topic_doc;
 use crate::projection::topics::{all_topics, find_topic};
 
 #[derive(Debug, Serialize)]
@@ -95,4 +96,38 @@ pub async fn topic(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("topic_not_found", "there is no topic with this id"))
+}
+
+/// How a topic has been taught, from the learning projection.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStats {
+    pub topic_id: String,
+    /// Learners who started a lecture on it.
+    pub learners: u32,
+    pub lectures: u32,
+    pub graded: u32,
+    /// Of the graded lectures' current scores; `null` before the first grade.
+    pub average_score: Option<f64>,
+}
+
+/// `GET /api/v1/topics/{topicId}/stats`.
+pub async fn topic_stats(
+    State(state): State<AppState>,
+    Path(topic_id): Path<String>,
+) -> Result<Json<TopicStats>> {
+    if find_topic(&state.db, &topic_id).await?.is_none() {
+        return Err(ApiError::not_found(
+            "topic_not_found",
+            "there is no topic with this id",
+        ));
+    }
+    let doc = topic_doc(&state.db, &topic_id).await?.unwrap_or_default();
+    Ok(Json(TopicStats {
+        topic_id,
+        learners: doc.learners,
+        lectures: doc.lectures,
+        graded: doc.graded,
+        average_score: doc.average_score().map(|a| (a * 10.0).round() / 10.0),
+    }))
 }

@@ -97,3 +97,62 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
         }))
     }
 }
+
+/// `axum::extract::Query`, but its rejections are [`ApiError`]s (`invalid_query`).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("bad query string: {e}")))
+    }
+}
+
+impl axum::extract::OptionalFromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    /// No `Authorization` header: `None`. A header with a bad token is still a 401.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if parts.headers.contains_key(AUTHORIZATION) {
+            <AuthUser as FromRequestParts<AppState>>::from_request_parts(parts, state)
+                .await
+                .map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the client prefers Korean to English by `Accept-Language` (quality values honoured;
+/// no header, or neither language: English).
+pub fn prefers_korean(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let quality = |lang: &str| {
+        value
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';');
+                let tag = parts.next()?.trim().to_ascii_lowercase();
+                let q = parts
+                    .find_map(|p| p.trim().strip_prefix("q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (tag == lang || tag.starts_with(&format!("{lang}-"))).then_some(q)
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let ko = quality("ko");
+    ko > 0.0 && ko > quality("en")
+}

@@ -32,7 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         if let Some(e) = p.error() {
             problems.push(format!("projection {} is failing", p.name));
             tracing::warn!(
-                projection = p.name,
+                projection = &*p.name,
                 error = e,
                 "readiness: projection failing"
             );

@@ -8,6 +8,7 @@
 //! - [`health`]: liveness and readiness.
 
 pub mod admin;
+pub mod analytics;
 pub mod catalog;
 pub mod error;
 pub mod extract;
@@ -15,6 +16,9 @@ pub mod grading;
 pub mod health;
 pub mod lectures;
 pub mod live;
+pub mod ops;
+pub mod rankings;
+pub mod stats;
 pub mod users;
 
 use std::sync::Arc;
@@ -49,6 +53,11 @@ pub struct AppState {
     pub users: ProjectionStatus,
     pub topics: ProjectionStatus,
     pub lectures: ProjectionStatus,
+    pub learning: ProjectionStatus,
+    /// Every projector, for status reports.
+    pub projectors: Arc<Vec<Arc<dyn crate::projection::Projector>>>,
+    pub rankings: crate::rankings::Rankings,
+    pub prices: crate::analytics::Prices,
     pub read_your_writes_timeout: Duration,
     pub ready_max_lag: u64,
     /// SHA-256 of the admin token; `None` turns the admin endpoints off.
@@ -68,7 +77,7 @@ pub struct AppState {
 impl AppState {
     /// All running projections, for readiness and read-your-writes.
     pub fn projections(&self) -> Vec<&ProjectionStatus> {
-        vec![&self.users, &self.topics, &self.lectures]
+        vec![&self.users, &self.topics, &self.lectures, &self.learning]
     }
 
     /// Waits (bounded) until the users read model has applied `position`.
@@ -78,7 +87,8 @@ impl AppState {
             .await
     }
 
-    /// Waits (bounded) for a position the client asks for in [`MIN_POSITION_HEADER`].
+    /// Waits (bounded) for a position the client asks for in [`MIN_POSITION_HEADER`], in every
+    /// read model.
     pub async fn honour_min_position(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(value) = headers.get(MIN_POSITION_HEADER) else {
             return Ok(());
@@ -93,7 +103,11 @@ impl AppState {
                     format!("{MIN_POSITION_HEADER} must be an unsigned integer"),
                 )
             })?;
-        self.users_reach(position).await;
+        let deadline = tokio::time::Instant::now() + self.read_your_writes_timeout;
+        for projection in self.projections() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            projection.wait_for(position, left).await;
+        }
         Ok(())
     }
 }
@@ -103,8 +117,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/devices", post(users::register_device))
         .route("/auth/refresh", post(users::refresh))
         .route("/me", get(users::me).put(users::rename))
+        .route("/me/stats", get(stats::me_stats))
+        .route("/me/lectures", get(stats::me_lectures))
+        .route("/home", get(stats::home))
+        .route("/rankings", get(rankings::rankings))
+        .route("/rankings/live", get(rankings::live))
         .route("/catalog", get(catalog::catalog))
         .route("/topics/{topic_id}", get(catalog::topic))
+        .route("/topics/{topic_id}/stats", get(catalog::topic_stats))
         .route("/live", get(live::live))
         .route("/lectures", post(lectures::create))
         .route("/lectures/{id}", get(lectures::get_lecture))
@@ -123,6 +143,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::put(lectures::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/admin/topics", post(admin::create_topic))
+        .route("/admin/analytics", get(analytics::analytics))
+        .route("/admin/projections", get(analytics::projections))
         .route("/admin/lectures/{id}/regrade", post(grading::regrade))
         .route(
             "/admin/topics/{topic_id}",
@@ -131,6 +153,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/openapi.json", get(ops::openapi))
+        .route("/api/docs", get(ops::docs))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -6,29 +6,49 @@ use teachback_events::{LectureMode, RecordedEvent};
 use teachback_projections::lectures::{self, LectureStatus, LecturesChange};
 use uuid::Uuid;
 
-use super::Projector;
+use std::sync::Arc;
+
+use super::{Projector, Suffix};
 use crate::db::{Db, DbTx};
 use crate::{with_pool, with_tx};
 
-pub struct LecturesProjector;
+#[derive(Default)]
+pub struct LecturesProjector {
+    t: Suffix,
+}
 
 #[async_trait]
 impl Projector for LecturesProjector {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         lectures::NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["lectures"]
+    }
+
+    fn with_suffix(&self, suffix: &str) -> Arc<dyn Projector> {
+        Arc::new(LecturesProjector {
+            t: Suffix::new(suffix),
+        })
+    }
+
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let table = self.t.of("lectures");
         for event in events {
             for change in lectures::project(event)? {
-                apply_change(tx, change).await?;
+                apply_change(&table, tx, change).await?;
             }
         }
         Ok(())
     }
 }
 
-async fn apply_change(tx: &mut DbTx, change: LecturesChange) -> Result<(), sqlx::Error> {
+async fn apply_change(
+    table: &str,
+    tx: &mut DbTx,
+    change: LecturesChange,
+) -> Result<(), sqlx::Error> {
     with_tx!(tx, conn => {
         match change {
             LecturesChange::Started { lecture_id, user_id, topic_id, mode, at } => {
@@ -37,11 +57,11 @@ async fn apply_change(tx: &mut DbTx, change: LecturesChange) -> Result<(), sqlx:
                     LectureMode::Upload => "upload",
                     LectureMode::Text => "text",
                 };
-                sqlx::query(
-                    "INSERT INTO lectures \
+                sqlx::query(&format!(
+                    "INSERT INTO {table} \
                      (lecture_id, user_id, topic_id, mode, status, started_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (lecture_id) DO NOTHING",
-                )
+                     VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (lecture_id) DO NOTHING"
+                ))
                 .bind(lecture_id)
                 .bind(user_id)
                 .bind(topic_id)
@@ -52,9 +72,9 @@ async fn apply_change(tx: &mut DbTx, change: LecturesChange) -> Result<(), sqlx:
                 .await?;
             }
             LecturesChange::StatusChanged { lecture_id, status, at } => {
-                sqlx::query(
-                    "UPDATE lectures SET status = $2, updated_at = $3 WHERE lecture_id = $1",
-                )
+                sqlx::query(&format!(
+                    "UPDATE {table} SET status = $2, updated_at = $3 WHERE lecture_id = $1"
+                ))
                 .bind(lecture_id)
                 .bind(status.as_str())
                 .bind(at.as_microsecond())
@@ -62,10 +82,10 @@ async fn apply_change(tx: &mut DbTx, change: LecturesChange) -> Result<(), sqlx:
                 .await?;
             }
             LecturesChange::ProcessingChanged { lecture_id, processing, score, at } => {
-                sqlx::query(
-                    "UPDATE lectures SET processing = $2, score = COALESCE($3, score), \
-                     updated_at = $4 WHERE lecture_id = $1",
-                )
+                sqlx::query(&format!(
+                    "UPDATE {table} SET processing = $2, score = COALESCE($3, score), \
+                     updated_at = $4 WHERE lecture_id = $1"
+                ))
                 .bind(lecture_id)
                 .bind(processing.as_str())
                 .bind(score.map(i32::from))

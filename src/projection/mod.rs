@@ -6,7 +6,9 @@
 //! skipped. Requests that just wrote can wait for a projection to reach their position
 //! (read-your-writes) through [`ProjectionStatus::wait_for`].
 
+pub mod learning;
 pub mod lectures;
+pub mod ops;
 pub mod topics;
 pub mod users;
 
@@ -29,16 +31,41 @@ const BATCH: usize = 1_000;
 /// A read model maintained from the log.
 #[async_trait]
 pub trait Projector: Send + Sync + 'static {
-    /// The checkpoint's name. Changing it rebuilds the projection from the start of the log.
-    fn name(&self) -> &'static str;
+    /// The checkpoint's name, `<base>.v<version>` (plus whatever else its rows depend on, such
+    /// as a time zone). A name with no checkpoint yet rebuilds the projection from the log.
+    fn name(&self) -> &str;
+    /// The read-model tables it writes, by their live names.
+    fn tables(&self) -> &'static [&'static str];
+    /// The same projector writing to `<table><suffix>` instead (a rebuild's fresh tables).
+    fn with_suffix(&self, suffix: &str) -> Arc<dyn Projector>;
     /// Applies events (in order) inside the runner's transaction.
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()>;
+}
+
+/// The suffix a projector appends to its table names (empty for the live tables).
+#[derive(Debug, Clone, Default)]
+pub struct Suffix(Arc<str>);
+
+impl Suffix {
+    pub fn new(suffix: &str) -> Suffix {
+        Suffix(suffix.into())
+    }
+
+    /// The table's name with the suffix.
+    pub fn of(&self, table: &str) -> String {
+        format!("{table}{}", self.0)
+    }
+}
+
+/// A projection name's base: `users` for `users.v1`.
+pub fn base_name(name: &str) -> &str {
+    name.split(['.', '@']).next().unwrap_or(name)
 }
 
 /// What a running projection has done; cheap to clone.
 #[derive(Clone)]
 pub struct ProjectionStatus {
-    pub name: &'static str,
+    pub name: Arc<str>,
     position: watch::Receiver<u64>,
     error: watch::Receiver<Option<String>>,
 }
@@ -69,19 +96,24 @@ impl ProjectionStatus {
 }
 
 pub async fn load_checkpoint(db: &Db, name: &str) -> Result<u64, sqlx::Error> {
+    Ok(find_checkpoint(db, name).await?.unwrap_or(0))
+}
+
+/// The checkpoint, if the projection has one under this name.
+pub async fn find_checkpoint(db: &Db, name: &str) -> Result<Option<u64>, sqlx::Error> {
     let position: Option<i64> = with_pool!(db, pool => {
         sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
             .bind(name)
             .fetch_optional(pool)
             .await?
     });
-    Ok(position.unwrap_or(0) as u64)
+    Ok(position.map(|p| p as u64))
 }
 
 /// Moves the checkpoint from `from` to `to`, but only if it is still at `from`: if another runner
 /// (another instance) moved it meanwhile, this transaction must not commit, or events would be
 /// applied twice. Returns whether the checkpoint was moved.
-async fn advance_checkpoint(
+pub(crate) async fn advance_checkpoint(
     tx: &mut DbTx,
     name: &str,
     from: u64,
@@ -107,7 +139,9 @@ async fn advance_checkpoint(
     Ok(moved == 1)
 }
 
-/// Starts a projection in the background and returns its status.
+/// Starts a projection in the background and returns its status. A projection whose name (its
+/// version) has no checkpoint but whose tables hold rows of an earlier version is rebuilt first,
+/// into fresh tables swapped in when done; the earlier rows serve until then.
 pub async fn spawn(
     db: Db,
     store: EventStore,
@@ -116,9 +150,42 @@ pub async fn spawn(
     let start = load_checkpoint(&db, projector.name()).await?;
     let (position_tx, position) = watch::channel(start);
     let (error_tx, error) = watch::channel(None);
-    let name = projector.name();
+    let name: Arc<str> = projector.name().into();
+    let task_name = name.clone();
+    let needs_rebuild = ops::needs_rebuild(&db, &*projector).await?;
     tokio::spawn(async move {
+        let name = &*task_name;
         let mut backoff = Duration::from_millis(100);
+        if needs_rebuild {
+            tracing::info!(
+                projection = name,
+                "projection changed: rebuilding from the log"
+            );
+            loop {
+                match ops::rebuild(&db, &store, &*projector, &|_| {}).await {
+                    Ok(report) => {
+                        tracing::info!(
+                            projection = name,
+                            events = report.events,
+                            seconds = report.elapsed.as_secs_f64(),
+                            "projection rebuilt"
+                        );
+                        break;
+                    }
+                    Err(_) if db.is_closed() => return,
+                    Err(e) => {
+                        tracing::error!(
+                            projection = name,
+                            error = format!("{e:#}"),
+                            "rebuild failed; retrying"
+                        );
+                        error_tx.send_replace(Some(format!("{e:#}")));
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        }
         loop {
             let result = run(&db, &store, &*projector, &position_tx, &error_tx).await;
             if db.is_closed() {
@@ -126,6 +193,14 @@ pub async fn spawn(
                 return;
             }
             if let Err(e) = result {
+                if e.downcast_ref::<Overtaken>().is_some() {
+                    // A rebuild swapped its tables in, or another instance ran this batch.
+                    tracing::info!(
+                        projection = name,
+                        "{e}; continuing from the stored checkpoint"
+                    );
+                    continue;
+                }
                 tracing::error!(
                     projection = name,
                     error = format!("{e:#}"),
@@ -143,6 +218,12 @@ pub async fn spawn(
         error,
     })
 }
+
+/// The checkpoint moved under a runner: another instance applied the batch, or a rebuild swapped
+/// its tables in. The runner goes on from the stored checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} checkpoint was moved by another runner")]
+pub struct Overtaken(String);
 
 /// Runs from the stored checkpoint until an error.
 async fn run(
@@ -179,10 +260,7 @@ async fn run(
         projector.apply(&mut tx, &batch).await?;
         if !advance_checkpoint(&mut tx, projector.name(), checkpoint, last).await? {
             // Dropping the transaction rolls the rows back; start again from the stored checkpoint.
-            anyhow::bail!(
-                "another runner advanced the {} checkpoint",
-                projector.name()
-            );
+            return Err(Overtaken(projector.name().to_owned()).into());
         }
         tx.commit().await?;
         checkpoint = last;

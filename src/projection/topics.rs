@@ -4,16 +4,31 @@ use async_trait::async_trait;
 use teachback_events::{RecordedEvent, TopicPublished};
 use teachback_projections::catalog::{self, CatalogChange};
 
-use super::Projector;
+use std::sync::Arc;
+
+use super::{Projector, Suffix};
 use crate::db::{Db, DbTx};
 use crate::{with_pool, with_tx};
 
-pub struct TopicsProjector;
+#[derive(Default)]
+pub struct TopicsProjector {
+    t: Suffix,
+}
 
 #[async_trait]
 impl Projector for TopicsProjector {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         catalog::NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["topics"]
+    }
+
+    fn with_suffix(&self, suffix: &str) -> Arc<dyn Projector> {
+        Arc::new(TopicsProjector {
+            t: Suffix::new(suffix),
+        })
     }
 
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -21,12 +36,13 @@ impl Projector for TopicsProjector {
             for CatalogChange::TopicUpserted { topic, at } in catalog::project(event)? {
                 let json = serde_json::to_string(&topic)?;
                 with_tx!(tx, conn => {
-                    sqlx::query(
-                        "INSERT INTO topics (topic_id, major_id, subject_id, topic, updated_at) \
+                    sqlx::query(&format!(
+                        "INSERT INTO {} (topic_id, major_id, subject_id, topic, updated_at) \
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (topic_id) DO UPDATE SET \
                          major_id = excluded.major_id, subject_id = excluded.subject_id, \
                          topic = excluded.topic, updated_at = excluded.updated_at",
-                    )
+                        self.t.of("topics")
+                    ))
                     .bind(&topic.topic_id)
                     .bind(&topic.major.id)
                     .bind(&topic.subject.id)

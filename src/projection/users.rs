@@ -6,36 +6,52 @@ use teachback_events::RecordedEvent;
 use teachback_projections::users::{self, UsersChange};
 use uuid::Uuid;
 
-use super::Projector;
+use std::sync::Arc;
+
+use super::{Projector, Suffix};
 use crate::db::{Db, DbTx};
 use crate::{with_pool, with_tx};
 
-pub struct UsersProjector;
+#[derive(Default)]
+pub struct UsersProjector {
+    t: Suffix,
+}
 
 #[async_trait]
 impl Projector for UsersProjector {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         users::NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["users", "devices"]
+    }
+
+    fn with_suffix(&self, suffix: &str) -> Arc<dyn Projector> {
+        Arc::new(UsersProjector {
+            t: Suffix::new(suffix),
+        })
     }
 
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for event in events {
             for change in users::project(event)? {
-                apply_change(tx, change).await?;
+                apply_change(&self.t, tx, change).await?;
             }
         }
         Ok(())
     }
 }
 
-async fn apply_change(tx: &mut DbTx, change: UsersChange) -> Result<(), sqlx::Error> {
+async fn apply_change(t: &Suffix, tx: &mut DbTx, change: UsersChange) -> Result<(), sqlx::Error> {
     with_tx!(tx, conn => {
         match change {
             UsersChange::UserCreated { user_id, name, created_at } => {
-                sqlx::query(
-                    "INSERT INTO users (user_id, name, created_at, updated_at) \
+                sqlx::query(&format!(
+                    "INSERT INTO {} (user_id, name, created_at, updated_at) \
                      VALUES ($1, $2, $3, $3) ON CONFLICT (user_id) DO NOTHING",
-                )
+                    t.of("users")
+                ))
                 .bind(user_id)
                 .bind(name)
                 .bind(created_at.as_microsecond())
@@ -43,10 +59,11 @@ async fn apply_change(tx: &mut DbTx, change: UsersChange) -> Result<(), sqlx::Er
                 .await?;
             }
             UsersChange::DeviceAdded { device_id, user_id, token_hash, created_at } => {
-                sqlx::query(
-                    "INSERT INTO devices (token_hash, device_id, user_id, created_at) \
+                sqlx::query(&format!(
+                    "INSERT INTO {} (token_hash, device_id, user_id, created_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING",
-                )
+                    t.of("devices")
+                ))
                 .bind(token_hash)
                 .bind(device_id)
                 .bind(user_id)
@@ -55,7 +72,10 @@ async fn apply_change(tx: &mut DbTx, change: UsersChange) -> Result<(), sqlx::Er
                 .await?;
             }
             UsersChange::NameChanged { user_id, name, updated_at } => {
-                sqlx::query("UPDATE users SET name = $1, updated_at = $2 WHERE user_id = $3")
+                sqlx::query(&format!(
+                    "UPDATE {} SET name = $1, updated_at = $2 WHERE user_id = $3",
+                    t.of("users")
+                ))
                     .bind(name)
                     .bind(updated_at.as_microsecond())
                     .bind(user_id)

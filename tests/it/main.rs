@@ -14,6 +14,8 @@ mod http_catalog;
 mod http_users;
 mod live;
 mod live_support;
+mod openapi;
+mod pages;
 mod pipeline;
 mod process;
 mod projection_runner;

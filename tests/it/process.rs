@@ -224,7 +224,7 @@ async fn sigkill_mid_traffic_loses_nothing_acknowledged_and_the_projection_catch
         .unwrap();
     let head = events.last().unwrap().position;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while teachback::projection::load_checkpoint(&db, "users")
+    while teachback::projection::load_checkpoint(&db, teachback_projections::users::NAME)
         .await
         .unwrap()
         < head

@@ -18,10 +18,14 @@ async fn two_runners_of_one_projection_end_exactly_where_a_fold_of_the_log_ends(
     // Two instances: each its own pool, store and runner of the same projection.
     let other_db = db.reconnect().await;
     let other_store = store_on(other_db.clone()).await;
-    let a = projection::spawn(db.db.clone(), store.clone(), Arc::new(UsersProjector))
-        .await
-        .unwrap();
-    let b = projection::spawn(other_db, other_store, Arc::new(UsersProjector))
+    let a = projection::spawn(
+        db.db.clone(),
+        store.clone(),
+        Arc::new(UsersProjector::default()),
+    )
+    .await
+    .unwrap();
+    let b = projection::spawn(other_db, other_store, Arc::new(UsersProjector::default()))
         .await
         .unwrap();
 
@@ -48,7 +52,11 @@ async fn two_runners_of_one_projection_end_exactly_where_a_fold_of_the_log_ends(
             || b.wait_for(head, Duration::from_secs(30)).await
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while load_checkpoint(&db.db, "users").await.unwrap() < head {
+    while load_checkpoint(&db.db, teachback_projections::users::NAME)
+        .await
+        .unwrap()
+        < head
+    {
         assert!(
             Instant::now() < deadline,
             "the checkpoint did not reach the head"

@@ -75,10 +75,20 @@ impl TestDb {
                 .await
                 .unwrap();
             if let Db::Postgres(pool) = &admin {
-                sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                    .execute(pool)
-                    .await
-                    .unwrap();
+                // A server's background task may still be finishing a transaction in the
+                // schema; a deadlock with it is retried.
+                for attempt in 1.. {
+                    match sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .execute(pool)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if attempt < 5 && e.to_string().contains("deadlock") => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("dropping {schema}: {e}"),
+                    }
+                }
             }
             admin.close().await;
         }

@@ -1,0 +1,394 @@
+//! Analytics for the team, read from the learning projection: active learners, retention by
+//! signup cohort, the funnel, grading latency, provider error rates, token usage and cost.
+
+use std::collections::{BTreeMap, HashSet};
+
+use jiff::ToSpan;
+use jiff::civil::Date;
+use serde::Serialize;
+use teachback_projections::learning::metric;
+use uuid::Uuid;
+
+use crate::db::Db;
+use crate::with_pool;
+
+/// What analytics prices usage at.
+#[derive(Debug, Clone, Copy)]
+pub struct Prices {
+    pub prompt_per_mtok: f64,
+    pub completion_per_mtok: f64,
+    pub stt_per_minute: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub from: Date,
+    pub to: Date,
+    pub active: Active,
+    pub retention: Vec<Cohort>,
+    pub funnel: Funnel,
+    pub latency: Latency,
+    pub providers: Vec<ProviderRate>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Active {
+    /// Learners active on `to`, in the 7 days and in the 30 days ending on `to`.
+    pub dau: u64,
+    pub wau: u64,
+    pub mau: u64,
+    pub daily: Vec<DayCount>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DayCount {
+    pub day: Date,
+    pub users: u64,
+}
+
+/// Learners who registered on `cohort`, and the share active again N days later (`None` until
+/// that day has come).
+#[derive(Debug, Serialize)]
+pub struct Cohort {
+    pub cohort: Date,
+    pub size: u64,
+    pub d1: Option<f64>,
+    pub d7: Option<f64>,
+    pub d30: Option<f64>,
+}
+
+/// Learners registered in the range who went on to each step.
+#[derive(Debug, Serialize)]
+pub struct Funnel {
+    pub registered: u64,
+    pub started: u64,
+    pub finished: u64,
+    pub graded: u64,
+    pub rated: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    /// Finish → first feedback token.
+    pub first_token_ms: Percentiles,
+    /// Finish → score.
+    pub score_ms: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRate {
+    pub provider: String,
+    pub attempts: u64,
+    pub failures: u64,
+    pub error_rate: Option<f64>,
+    pub fallbacks: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub lectures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub stt_seconds: u64,
+    pub estimated_cost_usd: f64,
+    pub cost_per_lecture_usd: Option<f64>,
+}
+
+/// The report for graded, registered and active days in `from..=to`, as of `today`.
+pub async fn report(
+    db: &Db,
+    from: Date,
+    to: Date,
+    today: Date,
+    prices: Prices,
+) -> anyhow::Result<Report> {
+    let day = |d: Date| d.to_string();
+    let back = |n: i64| to.checked_sub(n.days()).unwrap_or(to);
+    let counts: Vec<(String, i64)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT day, COUNT(*) FROM learning_activity WHERE day >= $1 AND day <= $2 \
+             GROUP BY day ORDER BY day",
+        )
+        .bind(day(from))
+        .bind(day(to))
+        .fetch_all(pool)
+        .await?
+    });
+    let distinct = |since: Date| {
+        let (since, to) = (day(since), day(to));
+        async move {
+            let n: i64 = with_pool!(db, pool => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(DISTINCT user_id) FROM learning_activity \
+                     WHERE day >= $1 AND day <= $2",
+                )
+                .bind(since)
+                .bind(to)
+                .fetch_one(pool)
+                .await?
+            });
+            anyhow::Ok(n as u64)
+        }
+    };
+    let active = Active {
+        dau: distinct(to).await?,
+        wau: distinct(back(6)).await?,
+        mau: distinct(back(29)).await?,
+        daily: counts
+            .into_iter()
+            .filter_map(|(d, n)| {
+                Some(DayCount {
+                    day: d.parse().ok()?,
+                    users: n as u64,
+                })
+            })
+            .collect(),
+    };
+
+    // Retention: who of each cohort was active exactly 1, 7 and 30 days after signing up.
+    let cohort_rows: Vec<(Uuid, String)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT user_id, signup_day FROM learning_users WHERE signup_day >= $1 AND signup_day <= $2",
+        )
+        .bind(day(from))
+        .bind(day(to))
+        .fetch_all(pool)
+        .await?
+    });
+    let until = to.checked_add(30.days()).unwrap_or(to);
+    let activity: Vec<(Uuid, String)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT a.user_id, a.day FROM learning_activity a JOIN learning_users u \
+             ON u.user_id = a.user_id WHERE u.signup_day >= $1 AND u.signup_day <= $2 \
+             AND a.day > u.signup_day AND a.day <= $3",
+        )
+        .bind(day(from))
+        .bind(day(to))
+        .bind(day(until))
+        .fetch_all(pool)
+        .await?
+    });
+    let active_on: HashSet<(Uuid, String)> = activity.into_iter().collect();
+    let mut cohorts: BTreeMap<Date, Vec<Uuid>> = BTreeMap::new();
+    for (user, signup) in cohort_rows {
+        if let Ok(d) = signup.parse::<Date>() {
+            cohorts.entry(d).or_default().push(user);
+        }
+    }
+    let retention = cohorts
+        .into_iter()
+        .map(|(cohort, users)| {
+            let share = |n: i64| {
+                let target = cohort.checked_add(n.days()).ok()?;
+                if target > today {
+                    return None;
+                }
+                let back = users
+                    .iter()
+                    .filter(|u| active_on.contains(&(**u, target.to_string())))
+                    .count();
+                Some(round4(back as f64 / users.len() as f64))
+            };
+            Cohort {
+                cohort,
+                size: users.len() as u64,
+                d1: share(1),
+                d7: share(7),
+                d30: share(30),
+            }
+        })
+        .collect();
+
+    let funnel: (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>) = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT COUNT(*), \
+             SUM(CASE WHEN started > 0 THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN finished > 0 THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN graded > 0 THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN rated > 0 THEN 1 ELSE 0 END) \
+             FROM learning_users WHERE signup_day >= $1 AND signup_day <= $2",
+        )
+        .bind(day(from))
+        .bind(day(to))
+        .fetch_one(pool)
+        .await?
+    });
+    let n = |v: Option<i64>| v.unwrap_or(0) as u64;
+    let funnel = Funnel {
+        registered: funnel.0 as u64,
+        started: n(funnel.1),
+        finished: n(funnel.2),
+        graded: n(funnel.3),
+        rated: n(funnel.4),
+    };
+
+    let latencies: Vec<(Option<i64>, Option<i64>)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT first_token_ms, score_ms FROM learning_lectures \
+             WHERE graded_day >= $1 AND graded_day <= $2",
+        )
+        .bind(day(from))
+        .bind(day(to))
+        .fetch_all(pool)
+        .await?
+    });
+    let latency = Latency {
+        first_token_ms: percentiles(latencies.iter().filter_map(|l| l.0).collect()),
+        score_ms: percentiles(latencies.iter().filter_map(|l| l.1).collect()),
+    };
+
+    let metrics: Vec<(String, i64)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT metric, SUM(value) FROM learning_daily WHERE day >= $1 AND day <= $2 \
+             GROUP BY metric",
+        )
+        .bind(day(from))
+        .bind(day(to))
+        .fetch_all(pool)
+        .await?
+    });
+    let (providers, usage) = usage(&metrics, prices);
+    Ok(Report {
+        from,
+        to,
+        active,
+        retention,
+        funnel,
+        latency,
+        providers,
+        usage,
+    })
+}
+
+/// Provider error rates and usage from the daily counters.
+fn usage(metrics: &[(String, i64)], prices: Prices) -> (Vec<ProviderRate>, Usage) {
+    let mut providers: BTreeMap<&str, ProviderRate> = BTreeMap::new();
+    let total = |name: &str| -> u64 {
+        metrics
+            .iter()
+            .filter(|(m, _)| m == name || m.strip_prefix(name).is_some_and(|r| r.starts_with(':')))
+            .map(|(_, v)| *v as u64)
+            .sum()
+    };
+    let lectures = total(metric::GRADED);
+    let prompt_tokens = total(metric::PROMPT_TOKENS);
+    let completion_tokens = total(metric::COMPLETION_TOKENS);
+    let stt_seconds = total(metric::SPEAKING_MS) / 1000;
+    for (name, value) in metrics {
+        let Some((kind, provider)) = name.split_once(':') else {
+            continue;
+        };
+        let entry = providers.entry(provider).or_insert_with(|| ProviderRate {
+            provider: provider.to_owned(),
+            attempts: 0,
+            failures: 0,
+            error_rate: None,
+            fallbacks: 0,
+        });
+        let value = *value as u64;
+        match kind {
+            metric::ATTEMPTS => entry.attempts += value,
+            metric::FAILURES => entry.failures += value,
+            metric::FALLBACKS => entry.fallbacks += value,
+            _ => {}
+        }
+    }
+    let providers = providers
+        .into_values()
+        .filter(|p| p.attempts > 0 || p.failures > 0)
+        .map(|mut p| {
+            p.error_rate = (p.attempts > 0).then(|| round4(p.failures as f64 / p.attempts as f64));
+            p
+        })
+        .collect();
+    let cost = prompt_tokens as f64 / 1e6 * prices.prompt_per_mtok
+        + completion_tokens as f64 / 1e6 * prices.completion_per_mtok
+        + stt_seconds as f64 / 60.0 * prices.stt_per_minute;
+    let usage = Usage {
+        lectures,
+        prompt_tokens,
+        completion_tokens,
+        stt_seconds,
+        estimated_cost_usd: round4(cost),
+        cost_per_lecture_usd: (lectures > 0).then(|| round4(cost / lectures as f64)),
+    };
+    (providers, usage)
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// Nearest-rank percentiles.
+fn percentiles(mut values: Vec<i64>) -> Percentiles {
+    values.sort_unstable();
+    let at = |p: f64| {
+        let n = values.len();
+        (n > 0).then(|| {
+            let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+            values[rank - 1].max(0) as u64
+        })
+    };
+    Percentiles {
+        count: values.len() as u64,
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let p = percentiles((1..=100).rev().collect());
+        assert_eq!(
+            (p.count, p.p50, p.p90, p.p99),
+            (100, Some(50), Some(90), Some(99))
+        );
+        let empty = percentiles(Vec::new());
+        assert_eq!((empty.count, empty.p50), (0, None));
+    }
+
+    #[test]
+    fn usage_prices_tokens_and_audio_and_rates_providers() {
+        let metrics = vec![
+            ("lectures_graded".to_owned(), 4),
+            ("prompt_tokens:gpt-4o-mini".to_owned(), 2_000_000),
+            ("completion_tokens:gpt-4o-mini".to_owned(), 1_000_000),
+            ("speaking_ms".to_owned(), 600_000),
+            ("attempts:api.openai.com".to_owned(), 10),
+            ("failures:api.openai.com".to_owned(), 1),
+            ("fallbacks:api.openai.com".to_owned(), 1),
+        ];
+        let prices = Prices {
+            prompt_per_mtok: 0.15,
+            completion_per_mtok: 0.60,
+            stt_per_minute: 0.006,
+        };
+        let (providers, usage) = usage(&metrics, prices);
+        // 2 × 0.15 + 1 × 0.60 + 10 min × 0.006 = 0.96 dollars over 4 lectures.
+        assert_eq!(usage.estimated_cost_usd, 0.96);
+        assert_eq!(usage.cost_per_lecture_usd, Some(0.24));
+        assert_eq!(usage.stt_seconds, 600);
+        assert_eq!(providers.len(), 1);
+        assert_eq!(providers[0].error_rate, Some(0.1));
+        assert_eq!(providers[0].fallbacks, 1);
+    }
+}

@@ -1,0 +1,58 @@
+//! Operations endpoints: `/metrics` (Prometheus text format), `/api/openapi.json` (the API's
+//! OpenAPI document) and `/api/docs` (an interactive page rendering it).
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{Html, IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::AppState;
+
+/// The OpenAPI document, kept beside the handlers it describes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+const DOCS_PAGE: &str = include_str!("docs.html");
+
+/// The process's metrics recorder (installed once; every server in the process shares it).
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder installed first (a test harness): ours still renders its own.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// `GET /metrics`. Gauges that are cheap to read are refreshed on every scrape.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let head = *state.store.committed().borrow();
+    for projection in state.projections() {
+        let position = projection.position();
+        let name = projection.name.to_string();
+        metrics::gauge!("teachback_projection_position", "projection" => name.clone())
+            .set(position as f64);
+        metrics::gauge!("teachback_projection_lag_events", "projection" => name.clone())
+            .set(head.saturating_sub(position) as f64);
+        metrics::gauge!("teachback_projection_failing", "projection" => name)
+            .set(f64::from(u8::from(projection.error().is_some())));
+    }
+    metrics::gauge!("teachback_log_head_position").set(head as f64);
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        recorder().render(),
+    )
+        .into_response()
+}
+
+/// `GET /api/openapi.json`.
+pub async fn openapi() -> Response {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `GET /api/docs`.
+pub async fn docs() -> Html<&'static str> {
+    Html(DOCS_PAGE)
+}

@@ -1,0 +1,386 @@
+//! The `learning_*` read models, from [`teachback_projections::learning`]: learner, lecture and
+//! topic documents, co-study counts, active days and daily counters.
+//!
+//! Per batch the runner loads the documents the batch needs, folds the batch into them with the
+//! pure fold, and writes back the documents it touched and the facts it added, all in the
+//! runner's transaction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use teachback_events::RecordedEvent;
+use teachback_projections::learning::{
+    self, Facts, LearningView, LectureDoc, TopicDoc, Touched, UserDoc,
+};
+use uuid::Uuid;
+
+use super::{Projector, Suffix};
+use crate::db::{Db, DbTx};
+use crate::{with_pool, with_tx};
+
+/// Ids bound per `IN (...)` query.
+const IN_CHUNK: usize = 500;
+
+pub struct LearningProjector {
+    name: String,
+    tz: TimeZone,
+    t: Suffix,
+}
+
+impl LearningProjector {
+    pub fn new(tz: TimeZone) -> LearningProjector {
+        LearningProjector {
+            name: learning::name(&tz),
+            tz,
+            t: Suffix::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Projector for LearningProjector {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "learning_users",
+            "learning_lectures",
+            "learning_topics",
+            "learning_costudy",
+            "learning_activity",
+            "learning_daily",
+        ]
+    }
+
+    fn with_suffix(&self, suffix: &str) -> Arc<dyn Projector> {
+        Arc::new(LearningProjector {
+            name: self.name.clone(),
+            tz: self.tz.clone(),
+            t: Suffix::new(suffix),
+        })
+    }
+
+    async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let decoded = learning::decode(events)?;
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let mut needs = learning::needs(decoded.iter().map(|(_, e)| e));
+        let mut view = LearningView::default();
+        let t = &self.t;
+        let ids: Vec<Uuid> = needs.lectures.iter().copied().collect();
+        for doc in load::<_, LectureDoc>(tx, &t.of("learning_lectures"), "lecture_id", &ids).await?
+        {
+            view.lectures.insert(doc.lecture_id, doc);
+        }
+        needs.add_lecture_refs(view.lectures.values());
+        let ids: Vec<Uuid> = needs.users.iter().copied().collect();
+        for doc in load::<_, UserDoc>(tx, &t.of("learning_users"), "user_id", &ids).await? {
+            view.users.insert(doc.user_id, doc);
+        }
+        let ids: Vec<String> = needs.topics.iter().cloned().collect();
+        for doc in load::<_, TopicDoc>(tx, &t.of("learning_topics"), "topic_id", &ids).await? {
+            view.topics.insert(doc.topic_id.clone(), doc);
+        }
+
+        let mut touched = Touched::default();
+        for (event, decoded) in decoded {
+            view.apply(event, decoded, &self.tz, &mut touched);
+        }
+        self.write(tx, &view, &touched).await?;
+        Ok(())
+    }
+}
+
+impl LearningProjector {
+    async fn write(
+        &self,
+        tx: &mut DbTx,
+        view: &LearningView,
+        touched: &Touched,
+    ) -> anyhow::Result<()> {
+        let t = &self.t;
+        let users = format!(
+            "INSERT INTO {0} (user_id, name, signup_day, started, finished, graded, rated, \
+             position, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (user_id) DO \
+             UPDATE SET name = excluded.name, started = excluded.started, \
+             finished = excluded.finished, graded = excluded.graded, rated = excluded.rated, \
+             position = excluded.position, doc = excluded.doc",
+            t.of("learning_users")
+        );
+        let lectures = format!(
+            "INSERT INTO {0} (lecture_id, user_id, topic_id, day, score, graded_day, \
+             first_token_ms, score_ms, position, doc) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (lecture_id) DO UPDATE \
+             SET day = excluded.day, score = excluded.score, graded_day = excluded.graded_day, \
+             first_token_ms = excluded.first_token_ms, score_ms = excluded.score_ms, \
+             position = excluded.position, doc = excluded.doc",
+            t.of("learning_lectures")
+        );
+        let topics = format!(
+            "INSERT INTO {0} (topic_id, subject_id, lectures, learners, position, doc) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (topic_id) DO UPDATE SET \
+             subject_id = excluded.subject_id, lectures = excluded.lectures, \
+             learners = excluded.learners, position = excluded.position, doc = excluded.doc",
+            t.of("learning_topics")
+        );
+        let costudy_table = t.of("learning_costudy");
+        let costudy = format!(
+            "INSERT INTO {costudy_table} (topic_id, other_id, learners) VALUES ($1, $2, $3) \
+             ON CONFLICT (topic_id, other_id) DO UPDATE SET \
+             learners = {costudy_table}.learners + excluded.learners"
+        );
+        let active = format!(
+            "INSERT INTO {} (day, user_id) VALUES ($1, $2) ON CONFLICT (day, user_id) DO NOTHING",
+            t.of("learning_activity")
+        );
+        let daily_table = t.of("learning_daily");
+        let daily = format!(
+            "INSERT INTO {daily_table} (day, metric, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (day, metric) DO UPDATE SET value = {daily_table}.value + excluded.value"
+        );
+        let Facts {
+            costudy: pairs,
+            active: days,
+            daily: counters,
+        } = &view.facts;
+        with_tx!(tx, conn => {
+            for (id, position) in &touched.users {
+                let Some(doc) = view.users.get(id) else { continue };
+                let graded = doc.graded.len() as i64;
+                sqlx::query(&users)
+                    .bind(doc.user_id)
+                    .bind(&doc.name)
+                    .bind(doc.signup_day.to_string())
+                    .bind(i64::from(doc.started))
+                    .bind(i64::from(doc.finished))
+                    .bind(graded)
+                    .bind(i64::from(doc.rated))
+                    .bind(*position as i64)
+                    .bind(json(doc)?)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            for (id, position) in &touched.lectures {
+                let Some(doc) = view.lectures.get(id) else { continue };
+                sqlx::query(&lectures)
+                    .bind(doc.lecture_id)
+                    .bind(doc.user_id)
+                    .bind(&doc.topic_id)
+                    .bind(doc.day.map(|d| d.to_string()))
+                    .bind(doc.score.map(i64::from))
+                    .bind(doc.graded_day.map(|d| d.to_string()))
+                    .bind(doc.first_token_ms.map(|v| v as i64))
+                    .bind(doc.score_ms.map(|v| v as i64))
+                    .bind(*position as i64)
+                    .bind(json(doc)?)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            for (id, position) in &touched.topics {
+                let Some(doc) = view.topics.get(id) else { continue };
+                sqlx::query(&topics)
+                    .bind(&doc.topic_id)
+                    .bind(&doc.subject_id)
+                    .bind(i64::from(doc.lectures))
+                    .bind(i64::from(doc.learners))
+                    .bind(*position as i64)
+                    .bind(json(doc)?)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            for ((topic, other), n) in pairs {
+                sqlx::query(&costudy)
+                    .bind(topic)
+                    .bind(other)
+                    .bind(*n as i64)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            for (user, day) in days {
+                sqlx::query(&active)
+                    .bind(day.to_string())
+                    .bind(*user)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            for ((day, metric), n) in counters {
+                sqlx::query(&daily)
+                    .bind(day.to_string())
+                    .bind(metric)
+                    .bind(*n as i64)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        });
+        Ok(())
+    }
+}
+
+fn json<T: Serialize>(doc: &T) -> Result<String, sqlx::Error> {
+    serde_json::to_string(doc).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+fn parse<T: DeserializeOwned>(doc: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_str(doc).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Loads the documents with these keys (in chunks of [`IN_CHUNK`]).
+async fn load<K, T>(tx: &mut DbTx, table: &str, key: &str, ids: &[K]) -> anyhow::Result<Vec<T>>
+where
+    K: Clone + Send + Sync,
+    for<'q> K: sqlx::Encode<'q, sqlx::Sqlite>
+        + sqlx::Type<sqlx::Sqlite>
+        + sqlx::Encode<'q, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>,
+    T: DeserializeOwned,
+{
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IN_CHUNK) {
+        let sql = format!(
+            "SELECT doc FROM {table} WHERE {key} IN ({})",
+            placeholders(chunk.len())
+        );
+        let rows: Vec<String> = with_tx!(tx, conn => {
+            let mut query = sqlx::query_scalar(&sql);
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            query.fetch_all(&mut *conn).await?
+        });
+        for row in rows {
+            out.push(parse(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A learner's document.
+pub async fn user_doc(db: &Db, user: Uuid) -> Result<Option<UserDoc>, sqlx::Error> {
+    let row: Option<String> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT doc FROM learning_users WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(pool)
+            .await?
+    });
+    row.as_deref().map(parse).transpose()
+}
+
+/// One topic's document.
+pub async fn topic_doc(db: &Db, topic: &str) -> Result<Option<TopicDoc>, sqlx::Error> {
+    let row: Option<String> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT doc FROM learning_topics WHERE topic_id = $1")
+            .bind(topic)
+            .fetch_optional(pool)
+            .await?
+    });
+    row.as_deref().map(parse).transpose()
+}
+
+/// Every topic document, by topic id.
+pub async fn topic_docs(db: &Db) -> Result<BTreeMap<String, TopicDoc>, sqlx::Error> {
+    let rows: Vec<String> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT doc FROM learning_topics")
+            .fetch_all(pool)
+            .await?
+    });
+    rows.iter()
+        .map(|r| parse::<TopicDoc>(r).map(|d| (d.topic_id.clone(), d)))
+        .collect()
+}
+
+/// Topics most often co-studied with `topic`, most learners first.
+pub async fn costudied(
+    db: &Db,
+    topic: &str,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT other_id, learners FROM learning_costudy WHERE topic_id = $1 \
+             ORDER BY learners DESC, other_id LIMIT $2",
+        )
+        .bind(topic)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+/// One graded lecture as rankings read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GradedRow {
+    pub lecture_id: Uuid,
+    pub user_id: Uuid,
+    pub topic_id: String,
+    pub day: Option<String>,
+    pub score: Option<i64>,
+}
+
+/// Graded lectures changed after `position`, and learners (id, name) renamed or created after it.
+pub async fn changed_since(
+    db: &Db,
+    position: u64,
+) -> Result<(Vec<GradedRow>, Vec<(Uuid, String)>), sqlx::Error> {
+    let position = position as i64;
+    with_pool!(db, pool => {
+        let lectures: Vec<GradedRow> = sqlx::query_as(
+            "SELECT lecture_id, user_id, topic_id, day, score FROM learning_lectures \
+             WHERE position > $1 AND score IS NOT NULL",
+        )
+        .bind(position)
+        .fetch_all(pool)
+        .await?;
+        let users: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT user_id, name FROM learning_users WHERE position > $1",
+        )
+        .bind(position)
+        .fetch_all(pool)
+        .await?;
+        Ok((lectures, users))
+    })
+}
+
+/// Every row of every `learning_*` table, as text, sorted: for comparing a rebuild with the
+/// live runner's rows.
+pub async fn dump(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    let mut rows = Vec::new();
+    with_pool!(db, pool => {
+        for table in ["learning_users", "learning_lectures", "learning_topics"] {
+            let part: Vec<(String, i64)> =
+                sqlx::query_as(&format!("SELECT doc, position FROM {table}"))
+                    .fetch_all(pool)
+                    .await?;
+            rows.extend(part.into_iter().map(|(doc, p)| format!("{table}|{doc}|{p}")));
+        }
+        let part: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT topic_id, other_id, learners FROM learning_costudy")
+                .fetch_all(pool)
+                .await?;
+        rows.extend(part.into_iter().map(|(a, b, n)| format!("costudy|{a}|{b}|{n}")));
+        let part: Vec<(String, Uuid)> = sqlx::query_as("SELECT day, user_id FROM learning_activity")
+            .fetch_all(pool)
+            .await?;
+        rows.extend(part.into_iter().map(|(d, u)| format!("activity|{d}|{u}")));
+        let part: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT day, metric, value FROM learning_daily")
+                .fetch_all(pool)
+                .await?;
+        rows.extend(part.into_iter().map(|(d, m, n)| format!("daily|{d}|{m}|{n}")));
+    });
+    rows.sort();
+    Ok(rows)
+}

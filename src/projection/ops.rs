@@ -1,0 +1,328 @@
+//! Projection operations: rebuilding a projection from the log into fresh tables and swapping
+//! them in while the server runs, and reporting where every projection is.
+//!
+//! A rebuild creates `<table>__rebuild` for each of the projector's tables with the live table's
+//! schema (columns, keys and indexes), folds the whole log into them under the checkpoint
+//! `<name>__rebuild`, and then, in one transaction, drops the live tables, renames the new ones
+//! in and sets the live checkpoint to where the rebuild got. A live runner that was ahead finds
+//! its checkpoint moved ([`super::Overtaken`]) and carries on from there, so events that arrived
+//! during the swap are applied to the new tables too.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{Projector, advance_checkpoint, base_name, find_checkpoint};
+use crate::db::{Db, DbTx};
+use crate::store::EventStore;
+use crate::{with_pool, with_tx};
+
+/// The suffix of a rebuild's tables and checkpoint.
+pub const REBUILD_SUFFIX: &str = "__rebuild";
+/// Events read from the log per rebuild batch.
+const REBUILD_BATCH: usize = 5_000;
+
+/// What a rebuild did.
+#[derive(Debug, Clone)]
+pub struct RebuildReport {
+    pub name: String,
+    pub events: u64,
+    /// The log position the rebuilt tables reached when swapped in.
+    pub position: u64,
+    pub elapsed: Duration,
+}
+
+/// Progress of a rebuild: events applied and the position reached.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub events: u64,
+    pub position: u64,
+    pub head: u64,
+}
+
+/// Whether a projection must be rebuilt before it runs: its name (version) has no checkpoint yet
+/// but its tables hold rows, written by an earlier version.
+pub async fn needs_rebuild(db: &Db, projector: &dyn Projector) -> anyhow::Result<bool> {
+    if find_checkpoint(db, projector.name()).await?.is_some() {
+        return Ok(false);
+    }
+    for table in projector.tables() {
+        let any: Option<i32> = with_pool!(db, pool => {
+            sqlx::query_scalar(&format!("SELECT 1 FROM {table} LIMIT 1"))
+                .fetch_optional(pool)
+                .await?
+        });
+        if any.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Rebuilds a projection from the whole log into fresh tables and swaps them in.
+pub async fn rebuild(
+    db: &Db,
+    store: &EventStore,
+    projector: &dyn Projector,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> anyhow::Result<RebuildReport> {
+    let started = Instant::now();
+    let name = projector.name().to_owned();
+    let rebuild_name = format!("{name}{REBUILD_SUFFIX}");
+    let fresh = projector.with_suffix(REBUILD_SUFFIX);
+    // Start clean: a rebuild that died half-way left its tables and checkpoint behind.
+    let mut tx = db.begin_write().await?;
+    for table in projector.tables() {
+        let next = format!("{table}{REBUILD_SUFFIX}");
+        exec(&mut tx, &format!("DROP TABLE IF EXISTS {next}")).await?;
+        for statement in clone_schema(db, &mut tx, table, &next).await? {
+            exec(&mut tx, &statement).await?;
+        }
+    }
+    delete_checkpoint(&mut tx, &rebuild_name).await?;
+    tx.commit().await?;
+
+    let head = store.head().await?;
+    let mut position = 0;
+    let mut events = 0u64;
+    loop {
+        let batch = store.read_all(position, REBUILD_BATCH, None).await?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            break;
+        };
+        let mut tx = db.begin_write().await?;
+        fresh.apply(&mut tx, &batch).await?;
+        if !advance_checkpoint(&mut tx, &rebuild_name, position, last).await? {
+            anyhow::bail!("another rebuild of {name} is running");
+        }
+        tx.commit().await?;
+        position = last;
+        events += batch.len() as u64;
+        progress(Progress {
+            events,
+            position,
+            head: head.max(position),
+        });
+        if batch.len() < REBUILD_BATCH {
+            break;
+        }
+    }
+
+    // Swap: the fresh tables take the live names, the checkpoint follows.
+    let mut tx = db.begin_write().await?;
+    for table in projector.tables() {
+        exec(&mut tx, &format!("DROP TABLE IF EXISTS {table}")).await?;
+        exec(
+            &mut tx,
+            &format!("ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}"),
+        )
+        .await?;
+    }
+    delete_checkpoint(&mut tx, &rebuild_name).await?;
+    set_checkpoint(&mut tx, &name, position).await?;
+    // Checkpoints of earlier versions of this projection have no tables any more.
+    let base = base_name(&name).to_owned();
+    with_tx!(&mut tx, conn => {
+        sqlx::query(
+            "DELETE FROM projection_checkpoints WHERE (name = $1 OR name LIKE $2) AND name <> $3 \
+             AND name NOT LIKE $4",
+        )
+        .bind(&base)
+        .bind(format!("{base}.%"))
+        .bind(&name)
+        .bind(format!("%{REBUILD_SUFFIX}"))
+        .execute(conn)
+        .await?;
+    });
+    tx.commit()
+        .await
+        .context("swapping the rebuilt tables in")?;
+    Ok(RebuildReport {
+        name,
+        events,
+        position,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn exec(tx: &mut DbTx, sql: &str) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query(sql).execute(conn).await?;
+    });
+    Ok(())
+}
+
+async fn delete_checkpoint(tx: &mut DbTx, name: &str) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn set_checkpoint(tx: &mut DbTx, name: &str, position: u64) -> Result<(), sqlx::Error> {
+    let now = jiff::Timestamp::now().as_microsecond();
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(position as i64)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Statements creating `next` with the schema of `table`: its columns, keys and indexes.
+async fn clone_schema(
+    db: &Db,
+    tx: &mut DbTx,
+    table: &str,
+    next: &str,
+) -> anyhow::Result<Vec<String>> {
+    match db {
+        Db::Postgres(_) => Ok(vec![format!(
+            "CREATE TABLE {next} (LIKE {table} INCLUDING ALL)"
+        )]),
+        Db::Sqlite(_) => {
+            let rows: Vec<(String, String, String)> = with_tx!(tx, conn => {
+                sqlx::query_as(
+                    "SELECT type, name, sql FROM sqlite_master \
+                     WHERE tbl_name = $1 AND sql IS NOT NULL ORDER BY type DESC",
+                )
+                .bind(table)
+                .fetch_all(conn)
+                .await?
+            });
+            anyhow::ensure!(!rows.is_empty(), "no table {table}");
+            rows.iter()
+                .map(|(kind, name, sql)| sqlite_clone(kind, name, sql, next))
+                .collect()
+        }
+    }
+}
+
+/// Rewrites one `CREATE TABLE` or `CREATE INDEX` statement from SQLite's schema for `next`.
+/// Index names alternate between `<name>` and `<name>__b`, so the fresh table's indexes never
+/// collide with the live table's (which are dropped with it at the swap).
+fn sqlite_clone(kind: &str, name: &str, sql: &str, next: &str) -> anyhow::Result<String> {
+    let body = |from: usize| {
+        sql[from..]
+            .find('(')
+            .map(|i| &sql[from + i..])
+            .with_context(|| format!("unexpected schema for {name}: {sql}"))
+    };
+    match kind {
+        "table" => Ok(format!("CREATE TABLE {next} {}", body(0)?)),
+        "index" => {
+            let on = sql
+                .find(" ON ")
+                .with_context(|| format!("unexpected schema for {name}: {sql}"))?;
+            let create = if sql.to_ascii_uppercase().starts_with("CREATE UNIQUE") {
+                "CREATE UNIQUE INDEX"
+            } else {
+                "CREATE INDEX"
+            };
+            let index = match name.strip_suffix("__b") {
+                Some(base) => base.to_owned(),
+                None => format!("{name}__b"),
+            };
+            Ok(format!("{create} {index} ON {next} {}", body(on)?))
+        }
+        other => anyhow::bail!("cannot clone a {other} ({name})"),
+    }
+}
+
+/// Where one projection is.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Standing {
+    pub name: String,
+    /// The last position applied (0: none yet).
+    pub position: u64,
+    /// Events in the log after it.
+    pub lag: u64,
+    /// Seconds between the last event applied and the newest event in the log.
+    pub lag_seconds: f64,
+}
+
+/// Where every projection is, against the log's head.
+pub async fn status(
+    db: &Db,
+    projectors: &[&dyn Projector],
+) -> anyhow::Result<(u64, Vec<Standing>)> {
+    let head: Option<i64> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(pool)
+            .await?
+    });
+    let head = head.unwrap_or(0) as u64;
+    let mut out = Vec::new();
+    for projector in projectors {
+        let position = super::load_checkpoint(db, projector.name()).await?;
+        let (lag, seconds): (i64, Option<i64>) = with_pool!(db, pool => {
+            sqlx::query_as(
+                "SELECT COUNT(*), MAX(recorded_at) - COALESCE((SELECT recorded_at FROM events \
+                 WHERE position = $1), MIN(recorded_at)) FROM events WHERE position > $1",
+            )
+            .bind(position as i64)
+            .fetch_one(pool)
+            .await?
+        });
+        out.push(Standing {
+            name: projector.name().to_owned(),
+            position,
+            lag: lag as u64,
+            lag_seconds: seconds.unwrap_or(0).max(0) as f64 / 1e6,
+        });
+    }
+    Ok((head, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_clone;
+
+    #[test]
+    fn sqlite_schema_is_cloned_for_the_fresh_table() {
+        let table = sqlite_clone(
+            "table",
+            "lectures",
+            "CREATE TABLE \"lectures\" (lecture_id BLOB PRIMARY KEY, started_at BIGINT)",
+            "lectures__rebuild",
+        )
+        .unwrap();
+        assert_eq!(
+            table,
+            "CREATE TABLE lectures__rebuild (lecture_id BLOB PRIMARY KEY, started_at BIGINT)"
+        );
+        let index = sqlite_clone(
+            "index",
+            "lectures_by_user",
+            "CREATE INDEX lectures_by_user ON \"lectures\" (user_id, started_at)",
+            "lectures__rebuild",
+        )
+        .unwrap();
+        assert_eq!(
+            index,
+            "CREATE INDEX lectures_by_user__b ON lectures__rebuild (user_id, started_at)"
+        );
+        let again = sqlite_clone(
+            "index",
+            "lectures_by_user__b",
+            "CREATE UNIQUE INDEX lectures_by_user__b ON lectures (user_id)",
+            "lectures__rebuild",
+        )
+        .unwrap();
+        assert_eq!(
+            again,
+            "CREATE UNIQUE INDEX lectures_by_user ON lectures__rebuild (user_id)"
+        );
+    }
+}
