@@ -216,10 +216,10 @@ pub async fn report(
     let funnel: (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>) = with_pool!(db, pool => {
         sqlx::query_as(
             "SELECT COUNT(*), \
-             SUM(CASE WHEN started > 0 THEN 1 ELSE 0 END), \
-             SUM(CASE WHEN finished > 0 THEN 1 ELSE 0 END), \
-             SUM(CASE WHEN graded > 0 THEN 1 ELSE 0 END), \
-             SUM(CASE WHEN rated > 0 THEN 1 ELSE 0 END) \
+             CAST(SUM(CASE WHEN started > 0 THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN finished > 0 THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN graded > 0 THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN rated > 0 THEN 1 ELSE 0 END) AS BIGINT) \
              FROM learning_users WHERE signup_day >= $1 AND signup_day <= $2",
         )
         .bind(day(from))
@@ -253,8 +253,8 @@ pub async fn report(
 
     let metrics: Vec<(String, i64)> = with_pool!(db, pool => {
         sqlx::query_as(
-            "SELECT metric, SUM(value) FROM learning_daily WHERE day >= $1 AND day <= $2 \
-             GROUP BY metric",
+            "SELECT metric, CAST(SUM(value) AS BIGINT) FROM learning_daily \
+             WHERE day >= $1 AND day <= $2 GROUP BY metric",
         )
         .bind(day(from))
         .bind(day(to))

@@ -77,6 +77,10 @@ pub enum ProjectionsCommand {
     Rebuild {
         /// The projection's base name (`users`, `topics`, `lectures`, `learning`). Default: all.
         name: Option<String>,
+        /// Rebuild even though the database holds another version (or time zone) of the
+        /// projection, which a running server may be using: its tables are taken over.
+        #[arg(long)]
+        force: bool,
         /// Print a JSON report instead of a progress bar.
         #[arg(long)]
         json: bool,
@@ -147,13 +151,13 @@ pub async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Opens the configured database and its event log (for commands run beside a server).
+/// Opens the configured database and its event log, for commands run beside a server. No
+/// migrations: the server migrates, and a command never changes a schema a server is using.
 async fn open_log(config: &Config) -> anyhow::Result<(Db, EventStore)> {
     let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
     db.ping_log()
         .await
         .context("no event log here: start the server once, or check TEACHBACK_DATABASE_URL")?;
-    db.migrate().await?;
     let store = EventStore::start(
         Arc::new(SqlBackend::new(db.clone())),
         config.poll_interval(),
@@ -188,7 +192,7 @@ async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Re
                 }
             }
         }
-        ProjectionsCommand::Rebuild { name, json } => {
+        ProjectionsCommand::Rebuild { name, json, force } => {
             let chosen: Vec<_> = all
                 .iter()
                 .filter(|p| {
@@ -206,6 +210,18 @@ async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Re
                     name.unwrap_or_default(),
                     names.join(", ")
                 );
+            }
+            for projector in &chosen {
+                let others = crate::projection::ops::other_versions(&db, &***projector).await?;
+                if !others.is_empty() && !force {
+                    anyhow::bail!(
+                        "the database holds {} while this command would rebuild {}: check \
+                         TEACHBACK_TIME_ZONE and the server's version, or pass --force to take \
+                         the tables over",
+                        others.join(", "),
+                        projector.name()
+                    );
+                }
             }
             let mut reports = Vec::new();
             for projector in chosen {
@@ -260,15 +276,7 @@ async fn regrade(
     lecture: uuid::Uuid,
     reason: Option<String>,
 ) -> anyhow::Result<()> {
-    let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
-    db.ping_log()
-        .await
-        .context("no event log here: start the server once, or check TEACHBACK_DATABASE_URL")?;
-    let store = EventStore::start(
-        Arc::new(SqlBackend::new(db.clone())),
-        config.poll_interval(),
-    )
-    .await?;
+    let (db, store) = open_log(config).await?;
     let hub = Hub::new();
     let pipeline = Pipeline::new(
         db.clone(),
@@ -353,12 +361,8 @@ async fn tail(
     follow: bool,
     prefix: Option<String>,
 ) -> anyhow::Result<()> {
-    // Read-only: no migrations. A database the server never opened has no log to show.
-    let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
-    db.ping_log()
-        .await
-        .context("no event log here: start the server once, or check TEACHBACK_DATABASE_URL")?;
-    let store = EventStore::start(Arc::new(SqlBackend::new(db)), config.poll_interval()).await?;
+    // Read-only. A database the server never opened has no log to show.
+    let (_, store) = open_log(config).await?;
     // `--from` is inclusive; subscriptions start *after* a position.
     let mut events = pin!(store.subscribe_all(from.saturating_sub(1), prefix));
     let stdout = std::io::stdout();

@@ -6,13 +6,14 @@
 //! loads the rows changed since the last step (`position > loaded`). Any instance sharing the
 //! database can do the same, so it needs no projection of its own.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use teachback_projections::learning::day_of;
-use teachback_projections::rankings::{BoardKey, Change, Ranked, RankingIndex, Standing};
+use teachback_projections::rankings::{BoardKey, Change, Ranked, RankingIndex, Scope, Standing};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -22,6 +23,8 @@ use crate::projection::learning::{changed_since, topic_docs};
 
 /// Ranking changes buffered per live subscriber before it is told it lagged.
 const FEED_BUFFER: usize = 1024;
+/// Most live-feed subscribers at once, per instance.
+pub const MAX_SUBSCRIBERS: usize = 10_000;
 
 /// The rankings of this instance. Cheap to clone.
 #[derive(Clone)]
@@ -34,6 +37,22 @@ struct Inner {
     tz: TimeZone,
     index: RwLock<RankingIndex>,
     changes: broadcast::Sender<Arc<Vec<Change>>>,
+    subscribers: AtomicUsize,
+}
+
+/// A live-feed subscription; counts against [`MAX_SUBSCRIBERS`] until dropped.
+pub struct Subscription {
+    pub changes: broadcast::Receiver<Arc<Vec<Change>>>,
+    rankings: Rankings,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rankings
+            .inner
+            .subscribers
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A page of a board, with the caller's standing.
@@ -54,6 +73,7 @@ impl Rankings {
                 tz,
                 index: RwLock::new(RankingIndex::new()),
                 changes,
+                subscribers: AtomicUsize::new(0),
             }),
         };
         let mut loaded = learning.position();
@@ -63,17 +83,25 @@ impl Rankings {
         tokio::spawn(async move {
             while position.changed().await.is_ok() {
                 let now = *position.borrow_and_update();
-                match follower.load(loaded).await {
-                    Ok(()) => loaded = now,
-                    Err(e) if follower.inner.db.is_closed() => {
-                        tracing::debug!(error = %e, "rankings stop: database closed");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "loading ranking changes failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                if now < loaded {
+                    // A rebuild swapped fresh tables in behind us: start over from them.
+                    *follower.inner.index.write().expect("rankings lock") = RankingIndex::new();
+                    loaded = 0;
+                }
+                loop {
+                    match follower.load(loaded).await {
+                        Ok(()) => break,
+                        Err(e) if follower.inner.db.is_closed() => {
+                            tracing::debug!(error = %e, "rankings stop: database closed");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "loading ranking changes failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                     }
                 }
+                loaded = loaded.max(now);
             }
         });
         Ok(rankings)
@@ -81,8 +109,9 @@ impl Rankings {
 
     /// Applies the rows changed after `position` and broadcasts the moves they cause.
     async fn load(&self, position: u64) -> anyhow::Result<()> {
-        let (graded, users) = changed_since(&self.inner.db, position).await?;
-        let topics = if position == 0 || !graded.is_empty() {
+        let changed = changed_since(&self.inner.db, position).await?;
+        let (graded, users) = (changed.graded, changed.users);
+        let topics = if position == 0 || changed.topics {
             Some(topic_docs(&self.inner.db).await?)
         } else {
             None
@@ -168,8 +197,19 @@ impl Rankings {
         }
     }
 
-    /// Every change to a built board, as it happens.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<Change>>> {
-        self.inner.changes.subscribe()
+    /// Every change to a built board, as it happens; `None` when [`MAX_SUBSCRIBERS`] are
+    /// already following.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        let before = self.inner.subscribers.fetch_add(1, Ordering::Relaxed);
+        let subscription = Subscription {
+            changes: self.inner.changes.subscribe(),
+            rankings: self.clone(),
+        };
+        (before < MAX_SUBSCRIBERS).then_some(subscription)
+    }
+
+    /// Whether any topic belongs to the scope's major or subject.
+    pub fn knows(&self, scope: &Scope) -> bool {
+        self.inner.index.read().expect("rankings lock").knows(scope)
     }
 }

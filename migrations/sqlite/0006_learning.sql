@@ -65,3 +65,7 @@ CREATE TABLE learning_daily (
     value  BIGINT NOT NULL,
     PRIMARY KEY (day, metric)
 );
+
+-- Projection names now carry their version; the unversioned names of earlier builds are
+-- version 1 of the same folds, so they keep their rows and positions.
+UPDATE projection_checkpoints SET name = name || '.v1' WHERE name IN ('users', 'topics', 'lectures');

@@ -645,14 +645,12 @@ impl UserDoc {
     /// The learner's best current score on each topic among lectures finished in `days`
     /// (inclusive; `None`: all time).
     pub fn best_by_topic(&self, days: Option<(Date, Date)>) -> BTreeMap<&str, u8> {
-        let mut best: BTreeMap<&str, u8> = BTreeMap::new();
-        for g in self.graded.values() {
-            if days.is_none_or(|(from, to)| g.day >= from && g.day <= to) {
-                let b = best.entry(&g.topic_id).or_default();
-                *b = (*b).max(g.score);
-            }
-        }
-        best
+        crate::rankings::best_per_topic(
+            self.graded
+                .values()
+                .map(|g| (g.topic_id.as_str(), g.day, g.score)),
+            days,
+        )
     }
 }
 

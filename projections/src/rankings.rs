@@ -291,16 +291,14 @@ impl RankingIndex {
         let Some(learner) = self.learners.get(&user) else {
             return (0, 0);
         };
-        let mut best: HashMap<&str, u8> = HashMap::new();
-        for g in &learner.graded {
-            let in_days = key
-                .days
-                .is_none_or(|(from, to)| g.day >= from && g.day <= to);
-            if in_days && self.in_scope(&g.topic, &key.scope) {
-                let b = best.entry(&g.topic).or_default();
-                *b = (*b).max(g.score);
-            }
-        }
+        let best = best_per_topic(
+            learner
+                .graded
+                .iter()
+                .filter(|g| self.in_scope(&g.topic, &key.scope))
+                .map(|g| (&*g.topic, g.day, g.score)),
+            key.days,
+        );
         let points = best.values().map(|s| u32::from(*s)).sum();
         (points, best.len() as u32)
     }
@@ -311,8 +309,10 @@ impl RankingIndex {
         if self.boards.contains_key(key) {
             return;
         }
+        // Drop boards of the same period and scope for earlier days (a request still on
+        // yesterday's key right after midnight must not drop today's board).
         self.boards
-            .retain(|k, _| !(k.period == key.period && k.scope == key.scope));
+            .retain(|k, _| !(k.period == key.period && k.scope == key.scope && k.days < key.days));
         let mut slots: Vec<Slot> = self
             .learners
             .keys()
@@ -323,6 +323,15 @@ impl RankingIndex {
             .collect();
         slots.sort_unstable_by_key(Slot::key);
         self.boards.insert(key.clone(), Board { slots });
+    }
+
+    /// Whether any topic belongs to this major or subject (boards exist only for real scopes).
+    pub fn knows(&self, scope: &Scope) -> bool {
+        match scope {
+            Scope::Overall => true,
+            Scope::Major(m) => self.topics.values().any(|(major, _)| **major == **m),
+            Scope::Subject(s) => self.topics.values().any(|(_, subject)| **subject == **s),
+        }
     }
 
     /// Whether a board is built (reading needs it built; see [`RankingIndex::ensure`]).
@@ -377,6 +386,22 @@ impl RankingIndex {
     pub fn total(&self, key: &BoardKey) -> Option<u32> {
         self.boards.get(key).map(|b| b.slots.len() as u32)
     }
+}
+
+/// The best score per topic among `(topic, day, score)` grades on days in `days` (inclusive;
+/// `None`: all time).
+pub fn best_per_topic<'a>(
+    grades: impl IntoIterator<Item = (&'a str, Date, u8)>,
+    days: Option<(Date, Date)>,
+) -> BTreeMap<&'a str, u8> {
+    let mut best: BTreeMap<&str, u8> = BTreeMap::new();
+    for (topic, day, score) in grades {
+        if days.is_none_or(|(from, to)| day >= from && day <= to) {
+            let b = best.entry(topic).or_default();
+            *b = (*b).max(score);
+        }
+    }
+    best
 }
 
 /// `rank / total` as a percentage rounded up to one decimal (never 0: the first of 10,000 is in

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, Result};
 use super::extract::{ApiQuery, AuthUser, prefers_korean};
-use super::stats::{page_limit, tz_name};
+use super::stats::{page_limit, parse_cursor, tz_name};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +92,15 @@ fn board(
             ));
         }
     };
+    if !state.rankings.knows(&scope) {
+        return Err(match &scope {
+            Scope::Major(m) => ApiError::not_found("unknown_major", format!("no major `{m}`")),
+            Scope::Subject(s) => {
+                ApiError::not_found("unknown_subject", format!("no subject `{s}`"))
+            }
+            Scope::Overall => unreachable!("every index knows the overall scope"),
+        });
+    }
     Ok(BoardKey::new(period, scope, state.rankings.today()))
 }
 
@@ -153,18 +162,6 @@ pub async fn rankings(
     }))
 }
 
-fn parse_cursor(cursor: &str) -> Result<(u32, Uuid)> {
-    cursor
-        .split_once('_')
-        .and_then(|(p, id)| Some((p.parse().ok()?, Uuid::parse_str(id).ok()?)))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "cursor is not one this endpoint handed out",
-            )
-        })
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
@@ -201,12 +198,17 @@ pub async fn live(
     ApiQuery(query): ApiQuery<LiveQuery>,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<SseEvent, Infallible>>>> {
     let first = board(&state, query.period.as_deref(), query.major, query.subject)?;
-    let mut changes = state.rankings.subscribe();
+    let mut subscription = state.rankings.subscribe().ok_or_else(|| {
+        ApiError::unavailable(
+            "too_many_subscribers",
+            "the ranking feed has too many followers on this server; try again later",
+        )
+    })?;
     state.rankings.ensure(&first);
     let rankings = state.rankings.clone();
     let stream = async_stream::stream! {
         loop {
-            let batch = match changes.recv().await {
+            let batch = match subscription.changes.recv().await {
                 Ok(batch) => batch,
                 Err(RecvError::Lagged(_)) => {
                     yield Ok(SseEvent::default().event("resync").data("{}"));

@@ -152,10 +152,11 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize> {
     }
 }
 
-fn parse_cursor(cursor: &str) -> Result<(i64, Uuid)> {
+/// Parses a `<key>_<uuid>` cursor as this API hands them out.
+pub fn parse_cursor<K: std::str::FromStr>(cursor: &str) -> Result<(K, Uuid)> {
     cursor
         .split_once('_')
-        .and_then(|(at, id)| Some((at.parse().ok()?, Uuid::parse_str(id).ok()?)))
+        .and_then(|(key, id)| Some((key.parse().ok()?, Uuid::parse_str(id).ok()?)))
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_cursor",

@@ -48,9 +48,10 @@ impl Projector for LearningProjector {
     }
 
     fn tables(&self) -> &'static [&'static str] {
+        // In the order a batch reads them (a swap locks them in this order).
         &[
-            "learning_users",
             "learning_lectures",
+            "learning_users",
             "learning_topics",
             "learning_costudy",
             "learning_activity",
@@ -330,14 +331,21 @@ pub struct GradedRow {
     pub score: Option<i64>,
 }
 
-/// Graded lectures changed after `position`, and learners (id, name) renamed or created after it.
-pub async fn changed_since(
-    db: &Db,
-    position: u64,
-) -> Result<(Vec<GradedRow>, Vec<(Uuid, String)>), sqlx::Error> {
+/// What changed in the learning read model after a position.
+pub struct Changed {
+    /// Graded lectures.
+    pub graded: Vec<GradedRow>,
+    /// Learners (id, name) created or changed.
+    pub users: Vec<(Uuid, String)>,
+    /// Whether any topic document changed (a topic may have moved to another subject).
+    pub topics: bool,
+}
+
+/// Rows changed after `position`.
+pub async fn changed_since(db: &Db, position: u64) -> Result<Changed, sqlx::Error> {
     let position = position as i64;
     with_pool!(db, pool => {
-        let lectures: Vec<GradedRow> = sqlx::query_as(
+        let graded: Vec<GradedRow> = sqlx::query_as(
             "SELECT lecture_id, user_id, topic_id, day, score FROM learning_lectures \
              WHERE position > $1 AND score IS NOT NULL",
         )
@@ -350,37 +358,11 @@ pub async fn changed_since(
         .bind(position)
         .fetch_all(pool)
         .await?;
-        Ok((lectures, users))
+        let topics: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM learning_topics WHERE position > $1 LIMIT 1")
+                .bind(position)
+                .fetch_optional(pool)
+                .await?;
+        Ok(Changed { graded, users, topics: topics.is_some() })
     })
-}
-
-/// Every row of every `learning_*` table, as text, sorted: for comparing a rebuild with the
-/// live runner's rows.
-pub async fn dump(db: &Db) -> Result<Vec<String>, sqlx::Error> {
-    let mut rows = Vec::new();
-    with_pool!(db, pool => {
-        for table in ["learning_users", "learning_lectures", "learning_topics"] {
-            let part: Vec<(String, i64)> =
-                sqlx::query_as(&format!("SELECT doc, position FROM {table}"))
-                    .fetch_all(pool)
-                    .await?;
-            rows.extend(part.into_iter().map(|(doc, p)| format!("{table}|{doc}|{p}")));
-        }
-        let part: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT topic_id, other_id, learners FROM learning_costudy")
-                .fetch_all(pool)
-                .await?;
-        rows.extend(part.into_iter().map(|(a, b, n)| format!("costudy|{a}|{b}|{n}")));
-        let part: Vec<(String, Uuid)> = sqlx::query_as("SELECT day, user_id FROM learning_activity")
-            .fetch_all(pool)
-            .await?;
-        rows.extend(part.into_iter().map(|(d, u)| format!("activity|{d}|{u}")));
-        let part: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT day, metric, value FROM learning_daily")
-                .fetch_all(pool)
-                .await?;
-        rows.extend(part.into_iter().map(|(d, m, n)| format!("daily|{d}|{m}|{n}")));
-    });
-    rows.sort();
-    Ok(rows)
 }

@@ -112,7 +112,8 @@ pub async fn find_checkpoint(db: &Db, name: &str) -> Result<Option<u64>, sqlx::E
 
 /// Moves the checkpoint from `from` to `to`, but only if it is still at `from`: if another runner
 /// (another instance) moved it meanwhile, this transaction must not commit, or events would be
-/// applied twice. Returns whether the checkpoint was moved.
+/// applied twice. A checkpoint past 0 that is gone (a newer version's rebuild deleted it, or a
+/// rebuild restarted) is not recreated. Returns whether the checkpoint was moved.
 pub(crate) async fn advance_checkpoint(
     tx: &mut DbTx,
     name: &str,
@@ -120,22 +121,26 @@ pub(crate) async fn advance_checkpoint(
     to: u64,
 ) -> Result<bool, sqlx::Error> {
     let now = jiff::Timestamp::now().as_microsecond();
+    let sql = if from == 0 {
+        // The first batch creates the row; if another runner created it first, the conflict's
+        // WHERE fails unless that runner is still at 0 too.
+        "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+         updated_at = excluded.updated_at WHERE projection_checkpoints.position = $4"
+    } else {
+        "UPDATE projection_checkpoints SET position = $2, updated_at = $3 \
+         WHERE name = $1 AND position = $4"
+    };
     let moved = with_tx!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
-             updated_at = excluded.updated_at WHERE projection_checkpoints.position = $4",
-        )
-        .bind(name)
-        .bind(to as i64)
-        .bind(now)
-        .bind(from as i64)
-        .execute(conn)
-        .await?
-        .rows_affected()
+        sqlx::query(sql)
+            .bind(name)
+            .bind(to as i64)
+            .bind(now)
+            .bind(from as i64)
+            .execute(conn)
+            .await?
+            .rows_affected()
     });
-    // With no row yet this inserts one; if another runner inserted first, the conflict's WHERE
-    // fails and nothing changes.
     Ok(moved == 1)
 }
 
@@ -162,8 +167,13 @@ pub async fn spawn(
                 "projection changed: rebuilding from the log"
             );
             loop {
+                // Another instance may have finished the same rebuild meanwhile.
+                if !matches!(ops::needs_rebuild(&db, &*projector).await, Ok(true)) {
+                    break;
+                }
                 match ops::rebuild(&db, &store, &*projector, &|_| {}).await {
                     Ok(report) => {
+                        error_tx.send_replace(None);
                         tracing::info!(
                             projection = name,
                             events = report.events,

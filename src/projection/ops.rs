@@ -21,6 +21,8 @@ use crate::{with_pool, with_tx};
 pub const REBUILD_SUFFIX: &str = "__rebuild";
 /// Events read from the log per rebuild batch.
 const REBUILD_BATCH: usize = 5_000;
+/// A rebuild whose checkpoint moved this recently is taken to be running still.
+const REBUILD_LEASE: Duration = Duration::from_secs(30);
 
 /// What a rebuild did.
 #[derive(Debug, Clone)]
@@ -70,6 +72,21 @@ pub async fn rebuild(
     let name = projector.name().to_owned();
     let rebuild_name = format!("{name}{REBUILD_SUFFIX}");
     let fresh = projector.with_suffix(REBUILD_SUFFIX);
+    let touched: Option<i64> = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT updated_at FROM projection_checkpoints WHERE name = $1")
+            .bind(&rebuild_name)
+            .fetch_optional(pool)
+            .await?
+    });
+    let now = jiff::Timestamp::now().as_microsecond();
+    if let Some(at) = touched
+        && now.saturating_sub(at) < REBUILD_LEASE.as_micros() as i64
+    {
+        anyhow::bail!(
+            "another rebuild of {name} is running (its checkpoint moved {:.0} s ago)",
+            (now - at) as f64 / 1e6
+        );
+    }
     // Start clean: a rebuild that died half-way left its tables and checkpoint behind.
     let mut tx = db.begin_write().await?;
     for table in projector.tables() {
@@ -108,8 +125,20 @@ pub async fn rebuild(
         }
     }
 
-    // Swap: the fresh tables take the live names, the checkpoint follows.
+    // Swap: the fresh tables take the live names, the checkpoint follows. On PostgreSQL the live
+    // tables are locked first, all at once, in the order the runner uses them, so a runner in
+    // the middle of a batch finishes it before the swap rather than deadlocking with it.
     let mut tx = db.begin_write().await?;
+    if let Db::Postgres(_) = db {
+        exec(
+            &mut tx,
+            &format!(
+                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                projector.tables().join(", ")
+            ),
+        )
+        .await?;
+    }
     for table in projector.tables() {
         exec(&mut tx, &format!("DROP TABLE IF EXISTS {table}")).await?;
         exec(
@@ -187,9 +216,22 @@ async fn clone_schema(
     next: &str,
 ) -> anyhow::Result<Vec<String>> {
     match db {
-        Db::Postgres(_) => Ok(vec![format!(
-            "CREATE TABLE {next} (LIKE {table} INCLUDING ALL)"
-        )]),
+        Db::Postgres(_) => {
+            let exists: Option<String> = with_tx!(tx, conn => {
+                sqlx::query_scalar("SELECT CAST(to_regclass($1) AS TEXT)")
+                    .bind(table)
+                    .fetch_one(conn)
+                    .await?
+            });
+            anyhow::ensure!(
+                exists.is_some(),
+                "no table {table}: start the server of this version once, so that it migrates \
+                 the database"
+            );
+            Ok(vec![format!(
+                "CREATE TABLE {next} (LIKE {table} INCLUDING ALL)"
+            )])
+        }
         Db::Sqlite(_) => {
             let rows: Vec<(String, String, String)> = with_tx!(tx, conn => {
                 sqlx::query_as(
@@ -200,7 +242,11 @@ async fn clone_schema(
                 .fetch_all(conn)
                 .await?
             });
-            anyhow::ensure!(!rows.is_empty(), "no table {table}");
+            anyhow::ensure!(
+                !rows.is_empty(),
+                "no table {table}: start the server of this version once, so that it migrates \
+                 the database"
+            );
             rows.iter()
                 .map(|(kind, name, sql)| sqlite_clone(kind, name, sql, next))
                 .collect()
@@ -237,6 +283,25 @@ fn sqlite_clone(kind: &str, name: &str, sql: &str, next: &str) -> anyhow::Result
         }
         other => anyhow::bail!("cannot clone a {other} ({name})"),
     }
+}
+
+/// Checkpoints of other versions (or time zones) of this projection, which a server may be
+/// running: a rebuild swapping its tables in would take them over.
+pub async fn other_versions(db: &Db, projector: &dyn Projector) -> anyhow::Result<Vec<String>> {
+    let base = base_name(projector.name());
+    let names: Vec<String> = with_pool!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT name FROM projection_checkpoints WHERE (name = $1 OR name LIKE $2) \
+             AND name <> $3 AND name NOT LIKE $4 ORDER BY name",
+        )
+        .bind(base)
+        .bind(format!("{base}.%"))
+        .bind(projector.name())
+        .bind(format!("%{REBUILD_SUFFIX}"))
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(names)
 }
 
 /// Where one projection is.
