@@ -20,7 +20,8 @@ pub enum CatalogChange {
 
 /// Maps one event to the changes it makes. Pure.
 pub fn project(event: &RecordedEvent) -> Result<Vec<CatalogChange>, DecodeError> {
-    Ok(match crate::decode_known(event)? {
+    let wanted = |k| k == teachback_events::EventKind::TopicPublished;
+    Ok(match crate::decode_kinds(event, wanted)? {
         Some(Event::TopicPublished(topic)) => vec![CatalogChange::TopicUpserted {
             topic: Box::new(topic),
             at: event.recorded_at,

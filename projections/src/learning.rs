@@ -227,23 +227,21 @@ impl Needs {
 }
 
 /// Whether the projection reads events of this type at all (others are skipped undecoded).
-pub fn is_relevant(event_type: &str) -> bool {
+pub fn is_relevant(kind: EventKind) -> bool {
     use EventKind as K;
     matches!(
-        EventKind::from_type_name(event_type),
-        Some(
-            K::DeviceRegistered
-                | K::UserRenamed
-                | K::TopicPublished
-                | K::LectureStarted
-                | K::LectureFinished
-                | K::TranscriptSegmentRecognized
-                | K::GradingStarted
-                | K::GradingFailed
-                | K::LectureGraded
-                | K::RegradeRequested
-                | K::LectureRated
-        )
+        kind,
+        K::DeviceRegistered
+            | K::UserRenamed
+            | K::TopicPublished
+            | K::LectureStarted
+            | K::LectureFinished
+            | K::TranscriptSegmentRecognized
+            | K::GradingStarted
+            | K::GradingFailed
+            | K::LectureGraded
+            | K::RegradeRequested
+            | K::LectureRated
     )
 }
 
@@ -251,9 +249,7 @@ pub fn is_relevant(event_type: &str) -> bool {
 pub fn decode(events: &[RecordedEvent]) -> Result<Vec<(&RecordedEvent, Event)>, DecodeError> {
     let mut out = Vec::new();
     for event in events {
-        if is_relevant(&event.event_type)
-            && let Some(decoded) = crate::decode_known(event)?
-        {
+        if let Some(decoded) = crate::decode_kinds(event, is_relevant)? {
             out.push((event, decoded));
         }
     }

@@ -319,6 +319,17 @@ pub enum LecturesChange {
     },
 }
 
+impl LecturesChange {
+    /// The lecture the change is about.
+    pub fn lecture_id(&self) -> Uuid {
+        match self {
+            LecturesChange::Started { lecture_id, .. }
+            | LecturesChange::StatusChanged { lecture_id, .. }
+            | LecturesChange::ProcessingChanged { lecture_id, .. } => *lecture_id,
+        }
+    }
+}
+
 /// Maps one event to the changes it makes. Pure.
 pub fn project(event: &RecordedEvent) -> Result<Vec<LecturesChange>, DecodeError> {
     let at = event.recorded_at;
@@ -337,7 +348,15 @@ pub fn project(event: &RecordedEvent) -> Result<Vec<LecturesChange>, DecodeError
             at,
         }]
     };
-    Ok(match crate::decode_known(event)? {
+    use teachback_events::EventKind as K;
+    // Segments, transcript pieces and streamed feedback change no row: not even decoded.
+    let wanted = |k| {
+        !matches!(
+            k,
+            K::AudioSegmentStored | K::TranscriptSegmentRecognized | K::FeedbackStreamed
+        )
+    };
+    Ok(match crate::decode_kinds(event, wanted)? {
         Some(Event::LectureStarted(e)) => vec![LecturesChange::Started {
             lecture_id: e.lecture_id,
             user_id: e.user_id,

@@ -22,8 +22,17 @@ use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};
 /// by a newer build) are skipped; a known type that fails to decode is an error, because
 /// silently skipping it would make the read model wrong.
 pub fn decode_known(event: &RecordedEvent) -> Result<Option<Event>, DecodeError> {
-    if EventKind::from_type_name(&event.event_type).is_none() {
-        return Ok(None);
+    decode_kinds(event, |_| true)
+}
+
+/// Like [`decode_known`], but only events of kinds `wanted` accepts are decoded; the rest are
+/// skipped without parsing their payload (a rebuild reads every event of the log).
+pub fn decode_kinds(
+    event: &RecordedEvent,
+    wanted: impl Fn(EventKind) -> bool,
+) -> Result<Option<Event>, DecodeError> {
+    match EventKind::from_type_name(&event.event_type) {
+        Some(kind) if wanted(kind) => event.decode().map(Some),
+        _ => Ok(None),
     }
-    event.decode().map(Some)
 }

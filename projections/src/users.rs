@@ -35,7 +35,9 @@ pub enum UsersChange {
 
 /// Maps one event to the changes it makes. Pure: same event, same changes.
 pub fn project(event: &RecordedEvent) -> Result<Vec<UsersChange>, DecodeError> {
-    let Some(decoded) = crate::decode_known(event)? else {
+    use teachback_events::EventKind as K;
+    let wanted = |k| matches!(k, K::DeviceRegistered | K::UserRenamed);
+    let Some(decoded) = crate::decode_kinds(event, wanted)? else {
         return Ok(Vec::new());
     };
     let at = event.recorded_at;

@@ -553,9 +553,10 @@ fn events_the_projection_does_not_read_change_nothing() {
 
     // then
     assert_eq!(noisy, plain);
-    assert!(!learning::is_relevant("UsernameClaimed"));
-    assert!(!learning::is_relevant("LectureTeleported"));
-    assert!(learning::is_relevant("LectureGraded"));
+    use teachback_events::EventKind;
+    assert!(!learning::is_relevant(EventKind::UsernameClaimed));
+    assert!(!learning::is_relevant(EventKind::FeedbackStreamed));
+    assert!(learning::is_relevant(EventKind::LectureGraded));
 }
 
 #[test]

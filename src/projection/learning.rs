@@ -107,122 +107,154 @@ impl LearningProjector {
         touched: &Touched,
     ) -> anyhow::Result<()> {
         let t = &self.t;
-        let users = format!(
-            "INSERT INTO {0} (user_id, name, signup_day, started, finished, graded, rated, \
-             position, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (user_id) DO \
-             UPDATE SET name = excluded.name, started = excluded.started, \
-             finished = excluded.finished, graded = excluded.graded, rated = excluded.rated, \
-             position = excluded.position, doc = excluded.doc",
-            t.of("learning_users")
-        );
-        let lectures = format!(
-            "INSERT INTO {0} (lecture_id, user_id, topic_id, day, score, graded_day, \
-             first_token_ms, score_ms, position, doc) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (lecture_id) DO UPDATE \
-             SET day = excluded.day, score = excluded.score, graded_day = excluded.graded_day, \
-             first_token_ms = excluded.first_token_ms, score_ms = excluded.score_ms, \
-             position = excluded.position, doc = excluded.doc",
-            t.of("learning_lectures")
-        );
-        let topics = format!(
-            "INSERT INTO {0} (topic_id, subject_id, lectures, learners, position, doc) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (topic_id) DO UPDATE SET \
-             subject_id = excluded.subject_id, lectures = excluded.lectures, \
-             learners = excluded.learners, position = excluded.position, doc = excluded.doc",
-            t.of("learning_topics")
-        );
-        let costudy_table = t.of("learning_costudy");
-        let costudy = format!(
-            "INSERT INTO {costudy_table} (topic_id, other_id, learners) VALUES ($1, $2, $3) \
-             ON CONFLICT (topic_id, other_id) DO UPDATE SET \
-             learners = {costudy_table}.learners + excluded.learners"
-        );
-        let active = format!(
-            "INSERT INTO {} (day, user_id) VALUES ($1, $2) ON CONFLICT (day, user_id) DO NOTHING",
-            t.of("learning_activity")
-        );
-        let daily_table = t.of("learning_daily");
-        let daily = format!(
-            "INSERT INTO {daily_table} (day, metric, value) VALUES ($1, $2, $3) \
-             ON CONFLICT (day, metric) DO UPDATE SET value = {daily_table}.value + excluded.value"
-        );
+        let users: Vec<(&UserDoc, i64, String)> = touched
+            .users
+            .iter()
+            .filter_map(|(id, p)| Some((view.users.get(id)?, *p as i64)))
+            .map(|(doc, p)| Ok((doc, p, json(doc)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let lectures: Vec<(&LectureDoc, i64, String)> = touched
+            .lectures
+            .iter()
+            .filter_map(|(id, p)| Some((view.lectures.get(id)?, *p as i64)))
+            .map(|(doc, p)| Ok((doc, p, json(doc)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let topics: Vec<(&TopicDoc, i64, String)> = touched
+            .topics
+            .iter()
+            .filter_map(|(id, p)| Some((view.topics.get(id)?, *p as i64)))
+            .map(|(doc, p)| Ok((doc, p, json(doc)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
         let Facts {
-            costudy: pairs,
-            active: days,
-            daily: counters,
+            costudy,
+            active,
+            daily,
         } = &view.facts;
+        let costudy: Vec<_> = costudy.iter().collect();
+        let active: Vec<_> = active.iter().collect();
+        let daily: Vec<_> = daily.iter().collect();
+        let (costudy_table, daily_table) = (t.of("learning_costudy"), t.of("learning_daily"));
+        // Multi-row upserts, CHUNK rows each: a batch is a handful of statements.
         with_tx!(tx, conn => {
-            for (id, position) in &touched.users {
-                let Some(doc) = view.users.get(id) else { continue };
-                let graded = doc.graded.len() as i64;
-                sqlx::query(&users)
-                    .bind(doc.user_id)
-                    .bind(&doc.name)
-                    .bind(doc.signup_day.to_string())
-                    .bind(i64::from(doc.started))
-                    .bind(i64::from(doc.finished))
-                    .bind(graded)
-                    .bind(i64::from(doc.rated))
-                    .bind(*position as i64)
-                    .bind(json(doc)?)
-                    .execute(&mut *conn)
-                    .await?;
+            for chunk in users.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO {} (user_id, name, signup_day, started, finished, graded, rated, \
+                     position, doc) ",
+                    t.of("learning_users")
+                ));
+                q.push_values(chunk, |mut b, (doc, position, json)| {
+                    b.push_bind(doc.user_id)
+                        .push_bind(doc.name.as_str())
+                        .push_bind(doc.signup_day.to_string())
+                        .push_bind(i64::from(doc.started))
+                        .push_bind(i64::from(doc.finished))
+                        .push_bind(doc.graded.len() as i64)
+                        .push_bind(i64::from(doc.rated))
+                        .push_bind(*position)
+                        .push_bind(json.as_str());
+                });
+                q.push(
+                    " ON CONFLICT (user_id) DO UPDATE SET name = excluded.name, \
+                     started = excluded.started, finished = excluded.finished, \
+                     graded = excluded.graded, rated = excluded.rated, \
+                     position = excluded.position, doc = excluded.doc",
+                );
+                q.build().execute(&mut *conn).await?;
             }
-            for (id, position) in &touched.lectures {
-                let Some(doc) = view.lectures.get(id) else { continue };
-                sqlx::query(&lectures)
-                    .bind(doc.lecture_id)
-                    .bind(doc.user_id)
-                    .bind(&doc.topic_id)
-                    .bind(doc.day.map(|d| d.to_string()))
-                    .bind(doc.score.map(i64::from))
-                    .bind(doc.graded_day.map(|d| d.to_string()))
-                    .bind(doc.first_token_ms.map(|v| v as i64))
-                    .bind(doc.score_ms.map(|v| v as i64))
-                    .bind(*position as i64)
-                    .bind(json(doc)?)
-                    .execute(&mut *conn)
-                    .await?;
+            for chunk in lectures.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO {} (lecture_id, user_id, topic_id, day, score, graded_day, \
+                     first_token_ms, score_ms, position, doc) ",
+                    t.of("learning_lectures")
+                ));
+                q.push_values(chunk, |mut b, (doc, position, json)| {
+                    b.push_bind(doc.lecture_id)
+                        .push_bind(doc.user_id)
+                        .push_bind(doc.topic_id.as_str())
+                        .push_bind(doc.day.map(|d| d.to_string()))
+                        .push_bind(doc.score.map(i64::from))
+                        .push_bind(doc.graded_day.map(|d| d.to_string()))
+                        .push_bind(doc.first_token_ms.map(|v| v as i64))
+                        .push_bind(doc.score_ms.map(|v| v as i64))
+                        .push_bind(*position)
+                        .push_bind(json.as_str());
+                });
+                q.push(
+                    " ON CONFLICT (lecture_id) DO UPDATE SET day = excluded.day, \
+                     score = excluded.score, graded_day = excluded.graded_day, \
+                     first_token_ms = excluded.first_token_ms, score_ms = excluded.score_ms, \
+                     position = excluded.position, doc = excluded.doc",
+                );
+                q.build().execute(&mut *conn).await?;
             }
-            for (id, position) in &touched.topics {
-                let Some(doc) = view.topics.get(id) else { continue };
-                sqlx::query(&topics)
-                    .bind(&doc.topic_id)
-                    .bind(&doc.subject_id)
-                    .bind(i64::from(doc.lectures))
-                    .bind(i64::from(doc.learners))
-                    .bind(*position as i64)
-                    .bind(json(doc)?)
-                    .execute(&mut *conn)
-                    .await?;
+            for chunk in topics.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO {} (topic_id, subject_id, lectures, learners, position, doc) ",
+                    t.of("learning_topics")
+                ));
+                q.push_values(chunk, |mut b, (doc, position, json)| {
+                    b.push_bind(doc.topic_id.as_str())
+                        .push_bind(doc.subject_id.as_deref())
+                        .push_bind(i64::from(doc.lectures))
+                        .push_bind(i64::from(doc.learners))
+                        .push_bind(*position)
+                        .push_bind(json.as_str());
+                });
+                q.push(
+                    " ON CONFLICT (topic_id) DO UPDATE SET subject_id = excluded.subject_id, \
+                     lectures = excluded.lectures, learners = excluded.learners, \
+                     position = excluded.position, doc = excluded.doc",
+                );
+                q.build().execute(&mut *conn).await?;
             }
-            for ((topic, other), n) in pairs {
-                sqlx::query(&costudy)
-                    .bind(topic)
-                    .bind(other)
-                    .bind(*n as i64)
-                    .execute(&mut *conn)
-                    .await?;
+            for chunk in costudy.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO {costudy_table} (topic_id, other_id, learners) "
+                ));
+                q.push_values(chunk, |mut b, ((topic, other), n)| {
+                    b.push_bind(topic.as_str())
+                        .push_bind(other.as_str())
+                        .push_bind(**n as i64);
+                });
+                q.push(format!(
+                    " ON CONFLICT (topic_id, other_id) DO UPDATE SET \
+                     learners = {costudy_table}.learners + excluded.learners"
+                ));
+                q.build().execute(&mut *conn).await?;
             }
-            for (user, day) in days {
-                sqlx::query(&active)
-                    .bind(day.to_string())
-                    .bind(*user)
-                    .execute(&mut *conn)
-                    .await?;
+            for chunk in active.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO {} (day, user_id) ",
+                    t.of("learning_activity")
+                ));
+                q.push_values(chunk, |mut b, (user, day)| {
+                    b.push_bind(day.to_string()).push_bind(*user);
+                });
+                q.push(" ON CONFLICT (day, user_id) DO NOTHING");
+                q.build().execute(&mut *conn).await?;
             }
-            for ((day, metric), n) in counters {
-                sqlx::query(&daily)
-                    .bind(day.to_string())
-                    .bind(metric)
-                    .bind(*n as i64)
-                    .execute(&mut *conn)
-                    .await?;
+            for chunk in daily.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO {daily_table} (day, metric, value) "
+                ));
+                q.push_values(chunk, |mut b, ((day, metric), n)| {
+                    b.push_bind(day.to_string())
+                        .push_bind(metric.as_str())
+                        .push_bind(**n as i64);
+                });
+                q.push(format!(
+                    " ON CONFLICT (day, metric) DO UPDATE SET \
+                     value = {daily_table}.value + excluded.value"
+                ));
+                q.build().execute(&mut *conn).await?;
             }
         });
         Ok(())
     }
 }
+
+/// Rows per multi-row upsert (at most 10 parameters each).
+const CHUNK: usize = 100;
 
 fn json<T: Serialize>(doc: &T) -> Result<String, sqlx::Error> {
     serde_json::to_string(doc).map_err(|e| sqlx::Error::Encode(Box::new(e)))
