@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use teachback_events::{DecodeError, Event, RecordedEvent, TopicPublished};
+use teachback_events::{DecodeError, Event, EventKind, RecordedEvent, TopicPublished};
 
 /// The projection's name; its checkpoint is stored under it.
 pub const NAME: &str = "topics.v1";
@@ -18,9 +18,14 @@ pub enum CatalogChange {
     },
 }
 
+/// Whether the projection reads events of this type.
+pub fn reads(event_type: &str) -> bool {
+    EventKind::from_type_name(event_type) == Some(EventKind::TopicPublished)
+}
+
 /// Maps one event to the changes it makes. Pure.
 pub fn project(event: &RecordedEvent) -> Result<Vec<CatalogChange>, DecodeError> {
-    let wanted = |k| k == teachback_events::EventKind::TopicPublished;
+    let wanted = |k| k == EventKind::TopicPublished;
     Ok(match crate::decode_kinds(event, wanted)? {
         Some(Event::TopicPublished(topic)) => vec![CatalogChange::TopicUpserted {
             topic: Box::new(topic),

@@ -245,6 +245,11 @@ pub fn is_relevant(kind: EventKind) -> bool {
     )
 }
 
+/// Whether the projection reads events of this type (by name).
+pub fn reads(event_type: &str) -> bool {
+    EventKind::from_type_name(event_type).is_some_and(is_relevant)
+}
+
 /// Decodes the events the projection reads, skipping the rest.
 pub fn decode(events: &[RecordedEvent]) -> Result<Vec<(&RecordedEvent, Event)>, DecodeError> {
     let mut out = Vec::new();

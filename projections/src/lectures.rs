@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use std::collections::BTreeMap;
 
 use teachback_events::{
-    AudioFormat, AudioSegmentStored, DecodeError, Event, GradingFailed, GradingStarted,
+    AudioFormat, AudioSegmentStored, DecodeError, Event, EventKind, GradingFailed, GradingStarted,
     LectureGraded, LectureMode, LectureStarted, RecordedEvent, TranscriptCompleted,
 };
 use uuid::Uuid;
@@ -319,6 +319,30 @@ pub enum LecturesChange {
     },
 }
 
+/// Lecture events that change the row. Segments, transcript pieces and streamed feedback do
+/// not (and are not even decoded).
+fn wanted(kind: EventKind) -> bool {
+    use EventKind as K;
+    matches!(
+        kind,
+        K::LectureStarted
+            | K::LecturePaused
+            | K::LectureResumed
+            | K::LectureFinished
+            | K::TranscriptCompleted
+            | K::LectureGraded
+            | K::GradingFailed
+            | K::RegradeRequested
+            | K::LectureCancelled
+            | K::LectureAbandoned
+    )
+}
+
+/// Whether the projection reads events of this type.
+pub fn reads(event_type: &str) -> bool {
+    EventKind::from_type_name(event_type).is_some_and(wanted)
+}
+
 impl LecturesChange {
     /// The lecture the change is about.
     pub fn lecture_id(&self) -> Uuid {
@@ -347,14 +371,6 @@ pub fn project(event: &RecordedEvent) -> Result<Vec<LecturesChange>, DecodeError
             score,
             at,
         }]
-    };
-    use teachback_events::EventKind as K;
-    // Segments, transcript pieces and streamed feedback change no row: not even decoded.
-    let wanted = |k| {
-        !matches!(
-            k,
-            K::AudioSegmentStored | K::TranscriptSegmentRecognized | K::FeedbackStreamed
-        )
     };
     Ok(match crate::decode_kinds(event, wanted)? {
         Some(Event::LectureStarted(e)) => vec![LecturesChange::Started {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use teachback_events::{DecodeError, Event, RecordedEvent};
+use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};
 use uuid::Uuid;
 
 /// The projection's name; its checkpoint is stored under it.
@@ -33,10 +33,17 @@ pub enum UsersChange {
     },
 }
 
+fn wanted(kind: EventKind) -> bool {
+    matches!(kind, EventKind::DeviceRegistered | EventKind::UserRenamed)
+}
+
+/// Whether the projection reads events of this type.
+pub fn reads(event_type: &str) -> bool {
+    EventKind::from_type_name(event_type).is_some_and(wanted)
+}
+
 /// Maps one event to the changes it makes. Pure: same event, same changes.
 pub fn project(event: &RecordedEvent) -> Result<Vec<UsersChange>, DecodeError> {
-    use teachback_events::EventKind as K;
-    let wanted = |k| matches!(k, K::DeviceRegistered | K::UserRenamed);
     let Some(decoded) = crate::decode_kinds(event, wanted)? else {
         return Ok(Vec::new());
     };

@@ -67,6 +67,10 @@ impl Projector for LearningProjector {
         })
     }
 
+    fn reads(&self, event_type: &str) -> bool {
+        learning::reads(event_type)
+    }
+
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let decoded = learning::decode(events)?;
         if decoded.is_empty() {

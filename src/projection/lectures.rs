@@ -34,6 +34,10 @@ impl Projector for LecturesProjector {
         })
     }
 
+    fn reads(&self, event_type: &str) -> bool {
+        lectures::reads(event_type)
+    }
+
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
         // A batch's changes are merged per lecture first: each row is written once per batch
         // (the last status, the last processing, the last score, the last change's time), with

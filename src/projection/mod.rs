@@ -14,7 +14,7 @@ pub mod users;
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
@@ -27,6 +27,8 @@ use crate::{with_pool, with_tx};
 
 /// Most events applied in one read-model transaction.
 const BATCH: usize = 1_000;
+/// Longest a checkpoint stays behind over batches with nothing to write.
+const SKIP_PERSIST: Duration = Duration::from_secs(1);
 
 /// A read model maintained from the log.
 #[async_trait]
@@ -38,6 +40,9 @@ pub trait Projector: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
     /// The same projector writing to `<table><suffix>` instead (a rebuild's fresh tables).
     fn with_suffix(&self, suffix: &str) -> Arc<dyn Projector>;
+    /// Whether the projection reads events of this type at all. A batch of only events it
+    /// does not read writes nothing (not even the checkpoint, right away).
+    fn reads(&self, event_type: &str) -> bool;
     /// Applies events (in order) inside the runner's transaction.
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()>;
 }
@@ -243,12 +248,31 @@ async fn run(
     position_tx: &watch::Sender<u64>,
     error_tx: &watch::Sender<Option<String>>,
 ) -> anyhow::Result<()> {
-    let mut checkpoint = load_checkpoint(db, projector.name()).await?;
-    position_tx.send_replace(checkpoint);
-    let mut sub = pin!(store.subscribe_all(checkpoint, None));
+    // `stored`: the checkpoint in the database. `applied`: how far the read model is correct,
+    // which runs ahead of `stored` over batches the projection does not read (nothing to write;
+    // replaying them after a crash changes nothing). The gap is stored when the log goes quiet
+    // and at least every `SKIP_PERSIST`, so status and lag stay true.
+    let mut stored = load_checkpoint(db, projector.name()).await?;
+    let mut applied = stored;
+    let mut persisted_at = Instant::now();
+    position_tx.send_replace(stored);
+    let mut sub = pin!(store.subscribe_all(stored, None));
     let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH);
     loop {
-        let Some(first) = sub.next().await else {
+        let first = if stored < applied {
+            match tokio::time::timeout(SKIP_PERSIST, sub.next()).await {
+                Ok(message) => message,
+                Err(_) => {
+                    persist(db, projector, stored, applied).await?;
+                    stored = applied;
+                    persisted_at = Instant::now();
+                    continue;
+                }
+            }
+        } else {
+            sub.next().await
+        };
+        let Some(first) = first else {
             anyhow::bail!("the log subscription ended");
         };
         let mut next = Some(first?);
@@ -262,22 +286,44 @@ async fn run(
                 next = sub.next().now_or_never().flatten().transpose()?;
             }
         }
-        if batch.is_empty() {
+        let Some(last) = batch.last().map(|e| e.position) else {
+            continue;
+        };
+        if !batch.iter().any(|e| projector.reads(&e.event_type)) {
+            batch.clear();
+            applied = last;
+            position_tx.send_replace(last);
+            if persisted_at.elapsed() >= SKIP_PERSIST {
+                persist(db, projector, stored, applied).await?;
+                stored = applied;
+                persisted_at = Instant::now();
+            }
             continue;
         }
-        let last = batch.last().expect("non-empty").position;
         let mut tx = db.begin_write().await?;
         projector.apply(&mut tx, &batch).await?;
-        if !advance_checkpoint(&mut tx, projector.name(), checkpoint, last).await? {
+        if !advance_checkpoint(&mut tx, projector.name(), stored, last).await? {
             // Dropping the transaction rolls the rows back; start again from the stored checkpoint.
             return Err(Overtaken(projector.name().to_owned()).into());
         }
         tx.commit().await?;
-        checkpoint = last;
+        stored = last;
+        applied = last;
+        persisted_at = Instant::now();
         batch.clear();
         position_tx.send_replace(last);
         if error_tx.borrow().is_some() {
             error_tx.send_replace(None);
         }
     }
+}
+
+/// Moves the stored checkpoint over batches that had nothing to write.
+async fn persist(db: &Db, projector: &dyn Projector, from: u64, to: u64) -> anyhow::Result<()> {
+    let mut tx = db.begin_write().await?;
+    if !advance_checkpoint(&mut tx, projector.name(), from, to).await? {
+        return Err(Overtaken(projector.name().to_owned()).into());
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -31,6 +31,10 @@ impl Projector for TopicsProjector {
         })
     }
 
+    fn reads(&self, event_type: &str) -> bool {
+        teachback_projections::catalog::reads(event_type)
+    }
+
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for event in events {
             for CatalogChange::TopicUpserted { topic, at } in catalog::project(event)? {

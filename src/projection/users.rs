@@ -33,6 +33,10 @@ impl Projector for UsersProjector {
         })
     }
 
+    fn reads(&self, event_type: &str) -> bool {
+        teachback_projections::users::reads(event_type)
+    }
+
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for event in events {
             for change in users::project(event)? {
