@@ -223,25 +223,28 @@ async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Re
                     );
                 }
             }
+            let bar = if json {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta})",
+                    )?
+                    .progress_chars("=> "),
+                )
+            };
+            let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
+            bar.set_message(names.join(", "));
+            let list: Vec<&dyn crate::projection::Projector> =
+                chosen.iter().map(|p| &***p).collect();
+            let rebuilt = crate::projection::ops::rebuild_all(&db, &store, &list, &|p| {
+                bar.set_length(p.head);
+                bar.set_position(p.position);
+            })
+            .await?;
+            bar.finish_and_clear();
             let mut reports = Vec::new();
-            for projector in chosen {
-                let bar = if json {
-                    indicatif::ProgressBar::hidden()
-                } else {
-                    indicatif::ProgressBar::new(0).with_style(
-                        indicatif::ProgressStyle::with_template(
-                            "{msg:<28} [{bar:30}] {pos}/{len} ({per_sec}, {eta})",
-                        )?
-                        .progress_chars("=> "),
-                    )
-                };
-                bar.set_message(projector.name().to_owned());
-                let report = crate::projection::ops::rebuild(&db, &store, &**projector, &|p| {
-                    bar.set_length(p.head);
-                    bar.set_position(p.position);
-                })
-                .await?;
-                bar.finish_and_clear();
+            for report in rebuilt {
                 let rate = report.events as f64 / report.elapsed.as_secs_f64().max(1e-9);
                 if !json {
                     println!(

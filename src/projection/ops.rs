@@ -8,6 +8,7 @@
 //! its checkpoint moved ([`super::Overtaken`]) and carries on from there, so events that arrived
 //! during the swap are applied to the new tables too.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -68,10 +69,73 @@ pub async fn rebuild(
     projector: &dyn Projector,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<RebuildReport> {
+    let mut reports = rebuild_all(db, store, &[projector], progress).await?;
+    Ok(reports.pop().expect("one report per projector"))
+}
+
+/// Rebuilds several projections in one pass over the log (each batch is read once and applied
+/// to every one of them in one transaction), then swaps each one's tables in.
+pub async fn rebuild_all(
+    db: &Db,
+    store: &EventStore,
+    projectors: &[&dyn Projector],
+    progress: &(dyn Fn(Progress) + Sync),
+) -> anyhow::Result<Vec<RebuildReport>> {
     let started = Instant::now();
-    let name = projector.name().to_owned();
+    let mut fresh = Vec::new();
+    for projector in projectors {
+        fresh.push((*projector, prepare(db, *projector).await?));
+    }
+
+    let head = store.head().await?;
+    let mut position = 0;
+    let mut events = 0u64;
+    loop {
+        let batch = store.read_all(position, REBUILD_BATCH, None).await?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            break;
+        };
+        let mut tx = db.begin_write().await?;
+        for (projector, next) in &fresh {
+            if batch.iter().any(|e| projector.reads(&e.event_type)) {
+                next.apply(&mut tx, &batch).await?;
+            }
+            let checkpoint = format!("{}{REBUILD_SUFFIX}", projector.name());
+            if !advance_checkpoint(&mut tx, &checkpoint, position, last).await? {
+                anyhow::bail!("another rebuild of {} is running", projector.name());
+            }
+        }
+        tx.commit().await?;
+        position = last;
+        events += batch.len() as u64;
+        progress(Progress {
+            events,
+            position,
+            head: head.max(position),
+        });
+        if batch.len() < REBUILD_BATCH {
+            break;
+        }
+    }
+
+    let mut reports = Vec::new();
+    for (projector, _) in &fresh {
+        swap(db, *projector, position).await?;
+        reports.push(RebuildReport {
+            name: projector.name().to_owned(),
+            events,
+            position,
+            elapsed: started.elapsed(),
+        });
+    }
+    Ok(reports)
+}
+
+/// Creates a projection's fresh tables (dropping a dead rebuild's) and returns the projector
+/// writing to them. Refuses while another rebuild of it is running.
+async fn prepare(db: &Db, projector: &dyn Projector) -> anyhow::Result<Arc<dyn Projector>> {
+    let name = projector.name();
     let rebuild_name = format!("{name}{REBUILD_SUFFIX}");
-    let fresh = projector.with_suffix(REBUILD_SUFFIX);
     let touched: Option<i64> = with_pool!(db, pool => {
         sqlx::query_scalar("SELECT updated_at FROM projection_checkpoints WHERE name = $1")
             .bind(&rebuild_name)
@@ -87,7 +151,6 @@ pub async fn rebuild(
             (now - at) as f64 / 1e6
         );
     }
-    // Start clean: a rebuild that died half-way left its tables and checkpoint behind.
     let mut tx = db.begin_write().await?;
     for table in projector.tables() {
         let next = format!("{table}{REBUILD_SUFFIX}");
@@ -98,36 +161,14 @@ pub async fn rebuild(
     }
     delete_checkpoint(&mut tx, &rebuild_name).await?;
     tx.commit().await?;
+    Ok(projector.with_suffix(REBUILD_SUFFIX))
+}
 
-    let head = store.head().await?;
-    let mut position = 0;
-    let mut events = 0u64;
-    loop {
-        let batch = store.read_all(position, REBUILD_BATCH, None).await?;
-        let Some(last) = batch.last().map(|e| e.position) else {
-            break;
-        };
-        let mut tx = db.begin_write().await?;
-        fresh.apply(&mut tx, &batch).await?;
-        if !advance_checkpoint(&mut tx, &rebuild_name, position, last).await? {
-            anyhow::bail!("another rebuild of {name} is running");
-        }
-        tx.commit().await?;
-        position = last;
-        events += batch.len() as u64;
-        progress(Progress {
-            events,
-            position,
-            head: head.max(position),
-        });
-        if batch.len() < REBUILD_BATCH {
-            break;
-        }
-    }
-
-    // Swap: the fresh tables take the live names, the checkpoint follows. On PostgreSQL the live
-    // tables are locked first, all at once, in the order the runner uses them, so a runner in
-    // the middle of a batch finishes it before the swap rather than deadlocking with it.
+/// Swaps a rebuilt projection's tables in at `position`. On PostgreSQL the live tables are
+/// locked first, all at once, in the order the runner uses them, so a runner in the middle of a
+/// batch finishes it before the swap rather than deadlocking with it.
+async fn swap(db: &Db, projector: &dyn Projector, position: u64) -> anyhow::Result<()> {
+    let name = projector.name();
     let mut tx = db.begin_write().await?;
     if let Db::Postgres(_) = db {
         exec(
@@ -147,10 +188,10 @@ pub async fn rebuild(
         )
         .await?;
     }
-    delete_checkpoint(&mut tx, &rebuild_name).await?;
-    set_checkpoint(&mut tx, &name, position).await?;
+    delete_checkpoint(&mut tx, &format!("{name}{REBUILD_SUFFIX}")).await?;
+    set_checkpoint(&mut tx, name, position).await?;
     // Checkpoints of earlier versions of this projection have no tables any more.
-    let base = base_name(&name).to_owned();
+    let base = base_name(name).to_owned();
     with_tx!(&mut tx, conn => {
         sqlx::query(
             "DELETE FROM projection_checkpoints WHERE (name = $1 OR name LIKE $2) AND name <> $3 \
@@ -158,7 +199,7 @@ pub async fn rebuild(
         )
         .bind(&base)
         .bind(format!("{base}.%"))
-        .bind(&name)
+        .bind(name)
         .bind(format!("%{REBUILD_SUFFIX}"))
         .execute(conn)
         .await?;
@@ -166,12 +207,7 @@ pub async fn rebuild(
     tx.commit()
         .await
         .context("swapping the rebuilt tables in")?;
-    Ok(RebuildReport {
-        name,
-        events,
-        position,
-        elapsed: started.elapsed(),
-    })
+    Ok(())
 }
 
 async fn exec(tx: &mut DbTx, sql: &str) -> Result<(), sqlx::Error> {

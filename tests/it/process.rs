@@ -303,3 +303,81 @@ async fn events_tail_prints_the_log_in_order_from_a_position_and_follows() {
     assert_eq!(event.payload["userId"], created["userId"]);
     follower.kill().await.unwrap();
 }
+
+/// Runs a CLI command to completion and returns its stdout, asserting it succeeded.
+async fn run_cli(cwd: &Path, args: &[&str]) -> String {
+    let out = teachback(cwd).args(args).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn projections_are_rebuilt_by_the_cli_while_the_server_keeps_serving() {
+    let cwd = tempfile::tempdir().unwrap();
+    let server = start(cwd.path(), free_port()).await;
+    let http = reqwest::Client::new();
+    let register = || async {
+        let r = http
+            .post(format!("{}/api/v1/devices", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()
+    };
+    for _ in 0..3 {
+        register().await;
+    }
+    // status: every projection, none behind once caught up
+    let status: Value =
+        serde_json::from_str(&run_cli(cwd.path(), &["projections", "status", "--json"]).await)
+            .unwrap();
+    let names: Vec<&str> = status["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["users.v1", "topics.v1", "lectures.v1", "learning.v1@UTC"]
+    );
+    // rebuild every projection in one pass while the server runs
+    let rebuilt: Value =
+        serde_json::from_str(&run_cli(cwd.path(), &["projections", "rebuild", "--json"]).await)
+            .unwrap();
+    assert_eq!(rebuilt.as_array().unwrap().len(), 4);
+    assert!(rebuilt[0]["events"].as_u64().unwrap() >= 6);
+    // the server still serves the learners, old and new, from the swapped-in tables
+    let learner = register().await;
+    let me = http
+        .get(format!("{}/api/v1/me", server.base))
+        .bearer_auth(learner["accessToken"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    // a rebuild of another time zone's learning projection is refused without --force
+    let out = teachback(cwd.path())
+        .args(["projections", "rebuild", "learning"])
+        .env("TEACHBACK_TIME_ZONE", "Asia/Seoul")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("learning.v1@UTC"), "{stderr}");
+    // an unknown projection is named as such
+    let out = teachback(cwd.path())
+        .args(["projections", "rebuild", "nope"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no projection called `nope`"));
+    drop(server);
+}
