@@ -182,36 +182,17 @@ pub async fn report(
         .fetch_all(pool)
         .await?
     });
-    let active_on: HashSet<(Uuid, String)> = activity.into_iter().collect();
+    let active_on: HashSet<(Uuid, Date)> = activity
+        .into_iter()
+        .filter_map(|(user, day)| Some((user, day.parse().ok()?)))
+        .collect();
     let mut cohorts: BTreeMap<Date, Vec<Uuid>> = BTreeMap::new();
     for (user, signup) in cohort_rows {
         if let Ok(d) = signup.parse::<Date>() {
             cohorts.entry(d).or_default().push(user);
         }
     }
-    let retention = cohorts
-        .into_iter()
-        .map(|(cohort, users)| {
-            let share = |n: i64| {
-                let target = cohort.checked_add(n.days()).ok()?;
-                if target > today {
-                    return None;
-                }
-                let back = users
-                    .iter()
-                    .filter(|u| active_on.contains(&(**u, target.to_string())))
-                    .count();
-                Some(round4(back as f64 / users.len() as f64))
-            };
-            Cohort {
-                cohort,
-                size: users.len() as u64,
-                d1: share(1),
-                d7: share(7),
-                d30: share(30),
-            }
-        })
-        .collect();
+    let retention = retention(&cohorts, &active_on, today);
 
     let funnel: (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>) = with_pool!(db, pool => {
         sqlx::query_as(
@@ -272,6 +253,38 @@ pub async fn report(
         providers,
         usage,
     })
+}
+
+/// The share of each signup cohort active again exactly 1, 7 and 30 days after signing up;
+/// `None` until that day has come.
+fn retention(
+    cohorts: &BTreeMap<Date, Vec<Uuid>>,
+    active_on: &HashSet<(Uuid, Date)>,
+    today: Date,
+) -> Vec<Cohort> {
+    cohorts
+        .iter()
+        .map(|(&cohort, users)| {
+            let share = |n: i64| {
+                let target = cohort.checked_add(n.days()).ok()?;
+                if target > today {
+                    return None;
+                }
+                let back = users
+                    .iter()
+                    .filter(|u| active_on.contains(&(**u, target)))
+                    .count();
+                Some(round4(back as f64 / users.len() as f64))
+            };
+            Cohort {
+                cohort,
+                size: users.len() as u64,
+                d1: share(1),
+                d7: share(7),
+                d30: share(30),
+            }
+        })
+        .collect()
 }
 
 /// Provider error rates and usage from the daily counters.
@@ -354,6 +367,39 @@ fn percentiles(mut values: Vec<i64>) -> Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_counts_learners_back_exactly_n_days_later_once_that_day_has_come() {
+        let day = |s: &str| s.parse::<Date>().unwrap();
+        let user = |n: u128| Uuid::from_u128(n);
+        // given four learners who signed up on March 1st and one on March 20th
+        let cohorts = BTreeMap::from([
+            (day("2026-03-01"), vec![user(1), user(2), user(3), user(4)]),
+            (day("2026-03-20"), vec![user(5)]),
+        ]);
+        // 1 came back the next day and a week later; 2 only a week later; 3 on day 6 and day 8
+        // (neither counts); 4 never; 5 the next day
+        let active = HashSet::from([
+            (user(1), day("2026-03-02")),
+            (user(1), day("2026-03-08")),
+            (user(2), day("2026-03-08")),
+            (user(3), day("2026-03-07")),
+            (user(3), day("2026-03-09")),
+            (user(5), day("2026-03-21")),
+        ]);
+        // when it is March 25th
+        let report = retention(&cohorts, &active, day("2026-03-25"));
+        // then March 1st: D1 1/4, D7 2/4, D30 not yet; March 20th: D1 1/1, D7 not yet
+        assert_eq!(report.len(), 2);
+        assert_eq!(
+            (report[0].size, report[0].d1, report[0].d7, report[0].d30),
+            (4, Some(0.25), Some(0.5), None)
+        );
+        assert_eq!(
+            (report[1].size, report[1].d1, report[1].d7),
+            (1, Some(1.0), None)
+        );
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
