@@ -75,7 +75,7 @@ impl App {
         blobs: Arc<dyn BlobStore>,
     ) -> anyhow::Result<App> {
         create_data_dir(&config.data_dir)?;
-        crate::http::ops::recorder();
+        crate::metrics::recorder();
         db.migrate().await?;
         let store = EventStore::start(
             Arc::new(SqlBackend::new(db.clone())),

@@ -32,6 +32,7 @@ pub mod grade;
 pub mod http;
 pub mod live;
 pub mod loadgen;
+pub mod metrics;
 pub mod pipeline;
 pub mod projection;
 pub mod provider;

@@ -963,6 +963,7 @@ pub async fn watch(
     Ok(ws
         .max_message_size(protocol::MAX_FRAME_BYTES)
         .on_upgrade(move |mut socket| async move {
+            let _connection = crate::metrics::Connection::open("watch");
             let mut shutting_down = state.live.shutting_down();
             let mut frames = std::pin::pin!(feed(state, lecture_id, None));
             let (code, reason) = loop {

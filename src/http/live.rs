@@ -103,6 +103,7 @@ pub async fn live(
         .max_message_size(HARD_LIMIT)
         .max_frame_size(HARD_LIMIT)
         .on_upgrade(move |socket| async move {
+            let _connection = crate::metrics::Connection::open("live");
             Session::new(state, user, meta).run(socket).await;
         }))
 }
@@ -281,6 +282,7 @@ impl Session {
             return Flow::Continue;
         }
         current.acked = seq;
+        metrics::counter!("teachback_audio_acks_total").increment(1);
         let lecture_id = current.handle.id;
         send(socket, &ServerMessage::Ack { lecture_id, seq }).await
     }

@@ -181,13 +181,26 @@ async fn method_not_allowed() -> ApiError {
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route's pattern (`/api/v1/lectures/{id}`), not the path: bounded label values.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
     let start = Instant::now();
     let response = next.run(request).await;
+    let elapsed = start.elapsed();
+    metrics::counter!("teachback_http_requests_total", "method" => method.to_string(),
+        "route" => route.clone(), "status" => response.status().as_u16().to_string())
+    .increment(1);
+    metrics::histogram!("teachback_http_request_duration_seconds", "method" => method.to_string(),
+        "route" => route)
+    .record(elapsed.as_secs_f64());
     tracing::info!(
         %method,
         path,
         status = response.status().as_u16(),
-        latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
     response

@@ -1,30 +1,15 @@
 //! Operations endpoints: `/metrics` (Prometheus text format), `/api/openapi.json` (the API's
 //! OpenAPI document) and `/api/docs` (an interactive page rendering it).
 
-use std::sync::OnceLock;
-
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
 
 /// The OpenAPI document, kept beside the handlers it describes.
 pub const OPENAPI: &str = include_str!("openapi.json");
 const DOCS_PAGE: &str = include_str!("docs.html");
-
-/// The process's metrics recorder (installed once; every server in the process shares it).
-pub fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        // Another recorder installed first (a test harness): ours still renders its own.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
 
 /// `GET /metrics`. Gauges that are cheap to read are refreshed on every scrape.
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -40,9 +25,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(f64::from(u8::from(projection.error().is_some())));
     }
     metrics::gauge!("teachback_log_head_position").set(head as f64);
+    metrics::gauge!("teachback_live_lectures").set(state.live.len() as f64);
+    for (kind, provider, current) in state.pipeline.provider_states() {
+        for s in ["closed", "open", "half_open"] {
+            metrics::gauge!("teachback_provider_circuit_state", "kind" => kind,
+                "provider" => provider.clone(), "state" => s)
+            .set(f64::from(u8::from(s == current)));
+        }
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        recorder().render(),
+        crate::metrics::recorder().render(),
     )
         .into_response()
 }

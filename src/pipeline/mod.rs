@@ -137,6 +137,19 @@ impl Pipeline {
     }
 
     /// Whether speech-to-text is configured (without it, audio lectures await transcription).
+    /// Each configured provider's kind (`stt`, `llm`), name and circuit-breaker state.
+    pub fn provider_states(&self) -> Vec<(&'static str, String, &'static str)> {
+        let providers = &self.inner.providers;
+        let mut out = Vec::new();
+        if let Some(stt) = &providers.stt {
+            out.push(("stt", stt.provider().to_owned(), stt.breaker_state()));
+        }
+        if let Some(llm) = &providers.llm {
+            out.push(("llm", llm.provider().to_owned(), llm.breaker_state()));
+        }
+        out
+    }
+
     pub fn has_stt(&self) -> bool {
         self.inner.providers.stt.is_some()
     }

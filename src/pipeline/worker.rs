@@ -598,6 +598,15 @@ fn graded(
     output_mode: Option<String>,
     latency: GradingLatency,
 ) -> Event {
+    metrics::counter!("teachback_grades_total", "grader" => grader.as_str()).increment(1);
+    if let Some(usage) = usage {
+        // Spent at the provider, whatever becomes of the grade.
+        let model = model.clone().unwrap_or_default();
+        metrics::counter!("teachback_llm_tokens_total", "type" => "prompt", "model" => model.clone())
+            .increment(usage.prompt_tokens);
+        metrics::counter!("teachback_llm_tokens_total", "type" => "completion", "model" => model)
+            .increment(usage.completion_tokens);
+    }
     Event::LectureGraded(LectureGraded {
         lecture_id,
         attempt,

@@ -502,7 +502,14 @@ impl ChatModel for OpenAiChat {
             attempts += 1;
             let body = self.body(&request, mode);
             let mut progress = Progress::default();
+            let attempt_started = Instant::now();
             let result = self.attempt(&body, &mut progress, on_token, started).await;
+            super::observe_attempt(
+                "llm",
+                &self.provider,
+                attempt_started.elapsed(),
+                result.as_ref().err(),
+            );
             match result {
                 Ok(()) => {
                     self.breaker.success();

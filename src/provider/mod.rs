@@ -130,6 +130,9 @@ impl RetryPolicy {
         }
         let delay = self.delay(*retries, error.retry_after);
         *retries += 1;
+        metrics::counter!("teachback_provider_retries_total", "provider" => provider.to_owned(),
+            "call" => call.to_owned())
+        .increment(1);
         tracing::warn!(
             provider,
             code = error.code_str(),
@@ -689,6 +692,24 @@ fn circuit_open(remaining: Duration) -> ProviderError {
     );
     error.retry_after = Some(remaining);
     error
+}
+
+/// Records one provider attempt: its duration, and its error code when it failed.
+pub fn observe_attempt(
+    kind: &'static str,
+    provider: &str,
+    elapsed: Duration,
+    error: Option<&ProviderError>,
+) {
+    let outcome = if error.is_some() { "error" } else { "ok" };
+    metrics::histogram!("teachback_provider_request_duration_seconds", "kind" => kind,
+        "provider" => provider.to_owned(), "outcome" => outcome)
+    .record(elapsed.as_secs_f64());
+    if let Some(error) = error {
+        metrics::counter!("teachback_provider_errors_total", "kind" => kind,
+            "provider" => provider.to_owned(), "code" => error.code_str())
+        .increment(1);
+    }
 }
 
 /// One server-sent event.

@@ -420,10 +420,17 @@ impl SpeechToText for OpenAiStt {
                 }
             };
             attempts += 1;
-            match self
+            let attempt_started = Instant::now();
+            let result = self
                 .attempt(&request, bytes, &boundary, stream, on_delta)
-                .await
-            {
+                .await;
+            super::observe_attempt(
+                "stt",
+                &self.provider,
+                attempt_started.elapsed(),
+                result.as_ref().err(),
+            );
+            match result {
                 Ok(heard) => {
                     self.breaker.success();
                     return Ok(Transcription {

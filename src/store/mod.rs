@@ -279,6 +279,27 @@ impl EventStore {
     /// written, or nothing is. Re-appending events whose ids are already stored (a retry) is a
     /// no-op that returns where they landed.
     pub async fn append(&self, streams: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
+        let started = std::time::Instant::now();
+        let events: usize = streams.iter().map(|s| s.events.len()).sum();
+        let result = self.append_queued(streams).await;
+        let outcome = match &result {
+            Ok(_) => "committed",
+            Err(AppendError::Store(_)) => "failed",
+            Err(_) => "refused",
+        };
+        metrics::counter!("teachback_store_appends_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("teachback_store_append_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            metrics::counter!("teachback_store_appended_events_total").increment(events as u64);
+        }
+        result
+    }
+
+    async fn append_queued(
+        &self,
+        streams: Vec<StreamAppend>,
+    ) -> Result<AppendOutcome, AppendError> {
         let request = prepare(streams)?;
         let (reply, answer) = oneshot::channel();
         self.queue

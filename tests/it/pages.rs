@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use teachback::provider::fake::{ChatReply, FakeOpenAi, FakeOptions, sample_grade};
 use uuid::Uuid;
 
-use crate::live_support::learner;
+use crate::live_support::{Ws, chunks, learner, speech};
 use crate::on_both_backends;
 use crate::support::{TestApp, TestDb, spawn_app_on_pool, spawn_app_with};
 
@@ -795,11 +795,30 @@ async fn a_changed_projection_rebuilds_itself_on_startup(db: &TestDb) {
     assert_eq!(stats["bestScore"], 77);
 }
 
-/// `/metrics` exports every projection's lag.
+/// `/metrics` exports every projection's lag, and the series operators watch: HTTP, WebSockets,
+/// live lectures and acks, appends, providers (latency, errors, retries, circuit state), tokens.
 async fn metrics_export_projection_lag(db: &TestDb) {
     let fake = fake().await;
     let app = spawn_app_with(db, config(&fake)).await;
-    learner(&app).await;
+    let token = learner(&app).await;
+    // a graded lecture (a provider call, tokens), a provider error that is retried, a live
+    // lecture with acknowledged audio
+    fake.push_chat(ChatReply::Error {
+        status: 503,
+        shape: teachback::provider::fake::ErrorShape::Nested,
+        message: "overloaded".into(),
+        error_type: None,
+        code: None,
+        retry_after: None,
+        retry_after_ms: Some(1),
+        should_retry: None,
+    });
+    graded(&app, &fake, &token, TCP, 81).await;
+    let mut ws = Ws::connect(&app, &token).await;
+    ws.start_pcm(TCP).await;
+    let pieces = chunks(&speech(500, 3));
+    ws.send_chunks(1, &pieces).await;
+    ws.wait_ack(pieces.len() as u64).await;
     caught_up(&app).await;
     let text = app
         .http
@@ -810,12 +829,61 @@ async fn metrics_export_projection_lag(db: &TestDb) {
         .text()
         .await
         .unwrap();
+    // The recorder is the process's: other servers of this test binary set the same gauges,
+    // so values are only checked where they are this server's alone.
     for name in ["users.v1", "topics.v1", "lectures.v1", "learning.v1@UTC"] {
         assert!(
             text.contains(&format!(
-                "teachback_projection_lag_events{{projection=\"{name}\"}} 0"
+                "teachback_projection_lag_events{{projection=\"{name}\"}} "
             )),
-            "{name} missing or lagging:\n{text}"
+            "{name} missing:\n{text}"
         );
     }
+    let llm = fake
+        .base_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
+    for series in [
+        "teachback_http_requests_total{method=\"POST\",route=\"/api/v1/lectures\",status=\"201\"}",
+        "teachback_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/lectures/{id}\"",
+        "teachback_ws_connections_total{endpoint=\"live\"}",
+        "teachback_ws_connections{endpoint=\"live\"} ",
+        "teachback_live_lectures ",
+        "teachback_audio_acks_total",
+        "teachback_store_appends_total{outcome=\"committed\"}",
+        "teachback_store_append_duration_seconds_bucket",
+        "teachback_provider_request_duration_seconds_bucket{kind=\"llm\"",
+        "teachback_provider_errors_total{kind=\"llm\"",
+        "teachback_provider_retries_total{",
+        "teachback_provider_circuit_state{kind=\"llm\"",
+        "teachback_llm_tokens_total{type=\"prompt\",model=\"fake-grader\"}",
+        "teachback_grades_total{grader=\"llm\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    assert!(
+        text.contains(&format!("provider=\"{llm}\"")),
+        "{llm}:\n{text}"
+    );
+    // Every series the Grafana dashboard charts is exported.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docker/grafana/teachback.json"
+    ))
+    .unwrap();
+    for piece in dashboard.split("teachback_").skip(1) {
+        let name: String = piece
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        if name.is_empty() {
+            continue;
+        }
+        assert!(
+            text.contains(&format!("teachback_{name}")),
+            "the dashboard charts teachback_{name}, which /metrics lacks"
+        );
+    }
+    drop(ws);
 }
