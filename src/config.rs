@@ -214,6 +214,17 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The configured time zone.
+    pub fn tz(&self) -> anyhow::Result<jiff::tz::TimeZone> {
+        jiff::tz::TimeZone::get(&self.time_zone).map_err(|e| {
+            anyhow::anyhow!(
+                "TEACHBACK_TIME_ZONE `{}` is not a known time zone (use an IANA name such as \
+                 `UTC` or `Asia/Seoul`): {e}",
+                self.time_zone
+            )
+        })
+    }
+
     /// The database URL: the configured one, or the embedded SQLite file in the data dir.
     pub fn database_url(&self) -> String {
         use secrecy::ExposeSecret;
@@ -278,17 +289,4 @@ fn openai_key() -> Option<SecretString> {
         .ok()
         .filter(|k| !k.is_empty())
         .map(SecretString::from)
-}
-
-impl Config {
-    /// The configured time zone.
-    pub fn tz(&self) -> anyhow::Result<jiff::tz::TimeZone> {
-        jiff::tz::TimeZone::get(&self.time_zone).map_err(|e| {
-            anyhow::anyhow!(
-                "TEACHBACK_TIME_ZONE `{}` is not a known time zone (use an IANA name such as \
-                 `UTC` or `Asia/Seoul`): {e}",
-                self.time_zone
-            )
-        })
-    }
 }

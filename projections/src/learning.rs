@@ -121,8 +121,9 @@ pub struct TopicDoc {
 }
 
 impl TopicDoc {
+    /// The average of the graded lectures' current scores, to one decimal.
     pub fn average_score(&self) -> Option<f64> {
-        (self.graded > 0).then(|| self.score_sum as f64 / f64::from(self.graded))
+        (self.graded > 0).then(|| round1(self.score_sum as f64 / f64::from(self.graded)))
     }
 
     fn subject_key(&self) -> Option<String> {
@@ -556,7 +557,7 @@ impl LearningView {
 }
 
 /// A learner's stats as the user page shows them, derived from their document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserStats {
     pub lectures_started: u32,

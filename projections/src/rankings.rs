@@ -86,6 +86,8 @@ impl BoardKey {
 struct Slot {
     points: u32,
     user: Uuid,
+    /// Topics that make up the points (shown, not ordered by).
+    topics: u32,
 }
 
 impl Slot {
@@ -234,11 +236,16 @@ impl RankingIndex {
         let name = self.name(user);
         let keys: Vec<BoardKey> = self.boards.keys().cloned().collect();
         for key in keys {
-            let (points, _) = self.points(user, &key);
+            let (points, topics) = self.points(user, &key);
             let board = self.boards.get_mut(&key).expect("listed");
             let old = board.slots.iter().position(|s| s.user == user);
             let old_points = old.map(|i| board.slots[i].points);
-            if old_points == Some(points) || (old.is_none() && points == 0) {
+            if old_points == Some(points) {
+                // Same place; a topic may have joined with no points.
+                board.slots[old.expect("has points")].topics = topics;
+                continue;
+            }
+            if old.is_none() && points == 0 {
                 continue;
             }
             let previous_rank = old_points.map(|p| board.rank_of(p));
@@ -247,7 +254,11 @@ impl RankingIndex {
             }
             let mut rank = None;
             if points > 0 {
-                let slot = Slot { points, user };
+                let slot = Slot {
+                    points,
+                    user,
+                    topics,
+                };
                 let at = board.find(slot).unwrap_or_else(|at| at);
                 board.slots.insert(at, slot);
                 rank = Some(board.rank_of(points));
@@ -317,8 +328,12 @@ impl RankingIndex {
             .learners
             .keys()
             .filter_map(|&user| {
-                let (points, _) = self.points(user, key);
-                (points > 0).then_some(Slot { points, user })
+                let (points, topics) = self.points(user, key);
+                (points > 0).then_some(Slot {
+                    points,
+                    user,
+                    topics,
+                })
             })
             .collect();
         slots.sort_unstable_by_key(Slot::key);
@@ -351,7 +366,7 @@ impl RankingIndex {
         let start = match after {
             Some((points, user)) => board
                 .slots
-                .partition_point(|s| s.key() <= Slot { points, user }.key()),
+                .partition_point(|s| s.key() <= (std::cmp::Reverse(points), user)),
             None => 0,
         };
         let rows = board.slots[start..]
@@ -362,7 +377,7 @@ impl RankingIndex {
                 user_id: slot.user,
                 name: self.name(slot.user),
                 points: slot.points,
-                topics: self.points(slot.user, key).1,
+                topics: slot.topics,
             })
             .collect();
         Some(rows)

@@ -54,7 +54,7 @@ impl From<TopicPublished> for Topic {
 }
 
 /// Groups topics (ordered by major, subject, id) into the catalogue tree.
-fn tree(topics: Vec<TopicPublished>) -> Catalog {
+pub(super) fn tree(topics: Vec<TopicPublished>) -> Catalog {
     let mut majors: Vec<Major> = Vec::new();
     for t in topics {
         if majors.last().is_none_or(|m| m.id != t.major.id) {
@@ -128,6 +128,6 @@ pub async fn topic_stats(
         learners: doc.learners,
         lectures: doc.lectures,
         graded: doc.graded,
-        average_score: doc.average_score().map(|a| (a * 10.0).round() / 10.0),
+        average_score: doc.average_score(),
     }))
 }

@@ -190,10 +190,11 @@ async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let response = next.run(request).await;
     let elapsed = start.elapsed();
-    metrics::counter!("teachback_http_requests_total", "method" => method.to_string(),
+    let method_label = method.to_string();
+    metrics::counter!("teachback_http_requests_total", "method" => method_label.clone(),
         "route" => route.clone(), "status" => response.status().as_u16().to_string())
     .increment(1);
-    metrics::histogram!("teachback_http_request_duration_seconds", "method" => method.to_string(),
+    metrics::histogram!("teachback_http_request_duration_seconds", "method" => method_label,
         "route" => route)
     .record(elapsed.as_secs_f64());
     tracing::info!(

@@ -56,7 +56,7 @@ pub async fn me_stats(
             let found = find_user(&state.db, user)
                 .await?
                 .ok_or_else(|| ApiError::not_found("user_not_found", "no such learner"))?;
-            (found.name, empty_stats())
+            (found.name, UserStats::default())
         }
     };
     Ok(Json(MeStats {
@@ -65,21 +65,6 @@ pub async fn me_stats(
         time_zone: tz_name(&state),
         stats,
     }))
-}
-
-fn empty_stats() -> UserStats {
-    UserStats {
-        lectures_started: 0,
-        lectures_finished: 0,
-        lectures_graded: 0,
-        average_score: None,
-        best_score: None,
-        speaking_seconds: 0,
-        current_streak_days: 0,
-        longest_streak_days: 0,
-        trend: Vec::new(),
-        subjects: Vec::new(),
-    }
 }
 
 pub fn tz_name(state: &AppState) -> String {
@@ -349,9 +334,10 @@ pub async fn home(
     for topic in &topics {
         picks.push(&topic.topic_id, Reason::Popular, None, None);
     }
+    let recommended = picks.chosen;
     Ok(Json(Home {
-        catalog: entry_points(&topics),
-        recommended: picks.chosen,
+        catalog: entry_points(topics),
+        recommended,
         recent,
     }))
 }
@@ -403,26 +389,23 @@ impl<'a> Picks<'a> {
     }
 }
 
-/// Majors and their subjects with topic counts.
-fn entry_points(topics: &[TopicPublished]) -> Vec<MajorEntry> {
-    let mut majors: Vec<MajorEntry> = Vec::new();
-    for t in topics {
-        if majors.last().is_none_or(|m| m.major_id != t.major.id) {
-            majors.push(MajorEntry {
-                major_id: t.major.id.clone(),
-                name: t.major.name.clone(),
-                subjects: Vec::new(),
-            });
-        }
-        let subjects = &mut majors.last_mut().expect("pushed").subjects;
-        if subjects.last().is_none_or(|s| s.subject_id != t.subject.id) {
-            subjects.push(SubjectEntry {
-                subject_id: t.subject.id.clone(),
-                name: t.subject.name.clone(),
-                topics: 0,
-            });
-        }
-        subjects.last_mut().expect("pushed").topics += 1;
-    }
-    majors
+/// Majors and their subjects with topic counts, from the catalogue tree.
+fn entry_points(topics: Vec<TopicPublished>) -> Vec<MajorEntry> {
+    super::catalog::tree(topics)
+        .majors
+        .into_iter()
+        .map(|major| MajorEntry {
+            major_id: major.id,
+            name: major.name,
+            subjects: major
+                .subjects
+                .into_iter()
+                .map(|subject| SubjectEntry {
+                    subject_id: subject.id,
+                    name: subject.name,
+                    topics: subject.topics.len(),
+                })
+                .collect(),
+        })
+        .collect()
 }

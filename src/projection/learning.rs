@@ -111,24 +111,9 @@ impl LearningProjector {
         touched: &Touched,
     ) -> anyhow::Result<()> {
         let t = &self.t;
-        let users: Vec<(&UserDoc, i64, String)> = touched
-            .users
-            .iter()
-            .filter_map(|(id, p)| Some((view.users.get(id)?, *p as i64)))
-            .map(|(doc, p)| Ok((doc, p, json(doc)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let lectures: Vec<(&LectureDoc, i64, String)> = touched
-            .lectures
-            .iter()
-            .filter_map(|(id, p)| Some((view.lectures.get(id)?, *p as i64)))
-            .map(|(doc, p)| Ok((doc, p, json(doc)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let topics: Vec<(&TopicDoc, i64, String)> = touched
-            .topics
-            .iter()
-            .filter_map(|(id, p)| Some((view.topics.get(id)?, *p as i64)))
-            .map(|(doc, p)| Ok((doc, p, json(doc)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
+        let users = serialised(&view.users, &touched.users)?;
+        let lectures = serialised(&view.lectures, &touched.lectures)?;
+        let topics = serialised(&view.topics, &touched.topics)?;
         let Facts {
             costudy,
             active,
@@ -259,6 +244,18 @@ impl LearningProjector {
 
 /// Rows per multi-row upsert (at most 10 parameters each).
 const CHUNK: usize = 100;
+
+/// The touched documents with their positions and JSON, ready to write.
+fn serialised<'a, K: Ord, D: Serialize>(
+    docs: &'a BTreeMap<K, D>,
+    touched: &BTreeMap<K, u64>,
+) -> Result<Vec<(&'a D, i64, String)>, sqlx::Error> {
+    touched
+        .iter()
+        .filter_map(|(id, position)| Some((docs.get(id)?, *position as i64)))
+        .map(|(doc, position)| Ok((doc, position, json(doc)?)))
+        .collect()
+}
 
 fn json<T: Serialize>(doc: &T) -> Result<String, sqlx::Error> {
     serde_json::to_string(doc).map_err(|e| sqlx::Error::Encode(Box::new(e)))

@@ -263,9 +263,7 @@ async fn run(
             match tokio::time::timeout(SKIP_PERSIST, sub.next()).await {
                 Ok(message) => message,
                 Err(_) => {
-                    persist(db, projector, stored, applied).await?;
-                    stored = applied;
-                    persisted_at = Instant::now();
+                    persist(db, projector, &mut stored, applied, &mut persisted_at).await?;
                     continue;
                 }
             }
@@ -294,9 +292,7 @@ async fn run(
             applied = last;
             position_tx.send_replace(last);
             if persisted_at.elapsed() >= SKIP_PERSIST {
-                persist(db, projector, stored, applied).await?;
-                stored = applied;
-                persisted_at = Instant::now();
+                persist(db, projector, &mut stored, applied, &mut persisted_at).await?;
             }
             continue;
         }
@@ -318,12 +314,21 @@ async fn run(
     }
 }
 
-/// Moves the stored checkpoint over batches that had nothing to write.
-async fn persist(db: &Db, projector: &dyn Projector, from: u64, to: u64) -> anyhow::Result<()> {
+/// Moves the stored checkpoint (`stored`) up to `applied` over batches that had nothing to
+/// write, and notes when.
+async fn persist(
+    db: &Db,
+    projector: &dyn Projector,
+    stored: &mut u64,
+    applied: u64,
+    persisted_at: &mut Instant,
+) -> anyhow::Result<()> {
     let mut tx = db.begin_write().await?;
-    if !advance_checkpoint(&mut tx, projector.name(), from, to).await? {
+    if !advance_checkpoint(&mut tx, projector.name(), *stored, applied).await? {
         return Err(Overtaken(projector.name().to_owned()).into());
     }
     tx.commit().await?;
+    *stored = applied;
+    *persisted_at = Instant::now();
     Ok(())
 }

@@ -106,6 +106,15 @@ async fn eventually(
     }
 }
 
+/// GETs `path` (with a bearer token when given) and returns the status and the error code.
+async fn get_status(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = app.http.get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    status_and_code(request.send().await.unwrap()).await
+}
+
 async fn status_and_code(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -157,13 +166,10 @@ async fn the_user_page_shows_a_learners_own_stats_and_history_only(db: &TestDb) 
         tcp,
         json!({"topicId": TCP, "learners": 1, "lectures": 2, "graded": 2, "averageScore": 75.0})
     );
-    let r = app
-        .http
-        .get(app.url("/api/v1/topics/nope/stats"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_and_code(r).await, (404, json!("topic_not_found")));
+    assert_eq!(
+        get_status(&app, "/api/v1/topics/nope/stats", None).await,
+        (404, json!("topic_not_found"))
+    );
 
     // and the history pages newest first, with no gaps or repeats
     let page = eventually(&app, "/api/v1/me/lectures?limit=2", Some(&ana), |p| {
@@ -198,21 +204,16 @@ async fn the_user_page_shows_a_learners_own_stats_and_history_only(db: &TestDb) 
     assert_eq!(theirs["lectures"], json!([]));
     let stats = app.get_json("/api/v1/me/stats", Some(&ben)).await;
     assert_eq!(stats["lecturesStarted"], 0);
-    let r = app
-        .http
-        .get(app.url(&format!("/api/v1/lectures/{first}")))
-        .bearer_auth(&ben)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_and_code(r).await.0, 404);
-    let r = app
-        .http
-        .get(app.url("/api/v1/me/stats"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_and_code(r).await, (401, json!("missing_token")));
+    assert_eq!(
+        get_status(&app, &format!("/api/v1/lectures/{first}"), Some(&ben))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        get_status(&app, "/api/v1/me/stats", None).await,
+        (401, json!("missing_token"))
+    );
 
     // and bad paging is refused clearly
     for (query, code) in [
@@ -222,14 +223,11 @@ async fn the_user_page_shows_a_learners_own_stats_and_history_only(db: &TestDb) 
         ("limit=ten", "invalid_query"),
         ("page=2", "invalid_query"),
     ] {
-        let r = app
-            .http
-            .get(app.url(&format!("/api/v1/me/lectures?{query}")))
-            .bearer_auth(&ana)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(status_and_code(r).await, (400, json!(code)), "{query}");
+        assert_eq!(
+            get_status(&app, &format!("/api/v1/me/lectures?{query}"), Some(&ana)).await,
+            (400, json!(code)),
+            "{query}"
+        );
     }
 }
 
@@ -356,34 +354,26 @@ async fn rankings_sum_best_scores_per_topic_share_tied_ranks_and_page(db: &TestD
         ("cursor=x", "invalid_cursor"),
         ("limit=1000", "invalid_limit"),
     ] {
-        let r = app
-            .http
-            .get(app.url(&format!("/api/v1/rankings?{query}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(status_and_code(r).await, (400, json!(code)), "{query}");
+        assert_eq!(
+            get_status(&app, &format!("/api/v1/rankings?{query}"), None).await,
+            (400, json!(code)),
+            "{query}"
+        );
     }
     for (query, code) in [
         ("subject=cs.astrology", "unknown_subject"),
         ("major=law", "unknown_major"),
     ] {
-        let r = app
-            .http
-            .get(app.url(&format!("/api/v1/rankings?{query}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(status_and_code(r).await, (404, json!(code)), "{query}");
+        assert_eq!(
+            get_status(&app, &format!("/api/v1/rankings?{query}"), None).await,
+            (404, json!(code)),
+            "{query}"
+        );
     }
-    let r = app
-        .http
-        .get(app.url("/api/v1/rankings"))
-        .bearer_auth("forged")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_and_code(r).await.0, 401);
+    assert_eq!(
+        get_status(&app, "/api/v1/rankings", Some("forged")).await.0,
+        401
+    );
 }
 
 /// The live feed pushes a learner's move the moment their grade lands.
@@ -486,8 +476,7 @@ async fn the_main_page_recommends_retries_co_studied_and_next_topics(db: &TestDb
             .unwrap()
             > 0
     );
-    let r = app.http.get(app.url("/api/v1/home")).send().await.unwrap();
-    assert_eq!(status_and_code(r).await.0, 401);
+    assert_eq!(get_status(&app, "/api/v1/home", None).await.0, 401);
 }
 
 /// The team's numbers, from the learning projection.
@@ -544,22 +533,19 @@ async fn analytics_count_activity_the_funnel_latency_and_cost(db: &TestDb) {
     // Learners and bad ranges are refused.
     let r = get("not-the-admin-token").await.unwrap();
     assert_eq!(status_and_code(r).await.0, 401);
-    let r = app
-        .http
-        .get(app.url("/api/v1/admin/analytics?from=2026-02-30"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_and_code(r).await, (400, json!("invalid_date")));
-    let r = app
-        .http
-        .get(app.url("/api/v1/admin/analytics?from=2026-03-02&to=2026-03-01"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_and_code(r).await, (400, json!("invalid_range")));
+    assert_eq!(
+        get_status(&app, "/api/v1/admin/analytics?from=2026-02-30", Some(ADMIN)).await,
+        (400, json!("invalid_date"))
+    );
+    assert_eq!(
+        get_status(
+            &app,
+            "/api/v1/admin/analytics?from=2026-03-02&to=2026-03-01",
+            Some(ADMIN)
+        )
+        .await,
+        (400, json!("invalid_range"))
+    );
 }
 
 /// Days are calendar days in the configured zone.
