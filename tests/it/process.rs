@@ -2,6 +2,8 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,7 +21,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// The binary with a clean environment: no TEACHBACK_* variable leaks in from the test run.
-fn teachback(cwd: &Path) -> Command {
+pub(crate) fn teachback(cwd: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(cwd)
         .env_clear()
@@ -34,14 +36,20 @@ fn teachback(cwd: &Path) -> Command {
     cmd
 }
 
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
 async fn start(cwd: &Path, port: u16) -> Server {
+    start_with(cwd, port, &[]).await
+}
+
+/// Starts the server with these extra environment variables and waits until it is ready.
+pub(crate) async fn start_with(cwd: &Path, port: u16, env: &[(&str, &str)]) -> Server {
     let child = teachback(cwd)
         .env("TEACHBACK_ADDR", format!("127.0.0.1:{port}"))
+        .envs(env.iter().copied())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -88,8 +96,12 @@ async fn tail(cwd: &Path, args: &[&str]) -> Vec<RecordedEvent> {
 }
 
 /// Registers devices as fast as it can until told to stop; returns the learners it was told
-/// were created.
-async fn register_until(base: String, stop: tokio::sync::watch::Receiver<bool>) -> Vec<String> {
+/// were created. `done` counts acknowledged registrations across all clients.
+async fn register_until(
+    base: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+    done: Arc<AtomicUsize>,
+) -> Vec<String> {
     let http = reqwest::Client::new();
     let mut created = Vec::new();
     while !*stop.borrow() {
@@ -97,6 +109,7 @@ async fn register_until(base: String, stop: tokio::sync::watch::Receiver<bool>) 
             Ok(r) if r.status() == 201 => {
                 if let Ok(body) = r.json::<Value>().await {
                     created.push(body["userId"].as_str().unwrap().to_owned());
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(r) => panic!("a registration failed with {}", r.status()),
@@ -105,6 +118,28 @@ async fn register_until(base: String, stop: tokio::sync::watch::Receiver<bool>) 
         }
     }
     created
+}
+
+/// Starts 16 registering clients and waits until the server has acknowledged at least 50
+/// registrations (on a loaded machine the first ones can take a while), so that a signal sent
+/// next lands while requests are in flight.
+async fn registering(
+    base: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients = (0..16)
+        .map(|_| tokio::spawn(register_until(base.to_owned(), stop.clone(), done.clone())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "no registrations were acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    clients
 }
 
 #[tokio::test]
@@ -143,10 +178,7 @@ async fn sigterm_lets_in_flight_registrations_finish_and_loses_none() {
     let port = free_port();
     let mut server = start(cwd.path(), port).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let clients: Vec<_> = (0..16)
-        .map(|_| tokio::spawn(register_until(server.base.clone(), stop.clone())))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clients = registering(&server.base, &stop).await;
     signal(&server.child, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
         .await
@@ -180,10 +212,7 @@ async fn sigkill_mid_traffic_loses_nothing_acknowledged_and_the_projection_catch
     let port = free_port();
     let mut server = start(cwd.path(), port).await;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let clients: Vec<_> = (0..16)
-        .map(|_| tokio::spawn(register_until(server.base.clone(), stop.clone())))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let clients = registering(&server.base, &stop).await;
     signal(&server.child, "-KILL");
     server.child.wait().await.unwrap();
     let mut created = Vec::new();
