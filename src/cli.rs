@@ -53,6 +53,8 @@ pub enum Command {
     },
     /// Speak a WAV file into a live lecture on a server; print the live transcript and grade.
     Speak(crate::speak::SpeakArgs),
+    /// Send a test event to Sentry (`SENTRY_DSN`) and wait until it is delivered.
+    SentryTest,
     /// Run the OpenAI-compatible fake provider (for trying TeachBack and for benchmarks).
     FakeOpenai {
         /// Address to listen on.
@@ -111,9 +113,15 @@ pub enum EventsCommand {
 /// Runs the CLI: parses arguments, sets up logging, dispatches.
 pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.config);
+    let reporting = crate::error_reporting::init(&cli.config)?;
+    init_tracing(&cli.config, &reporting);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.config).await,
+        Command::SentryTest => {
+            let id = crate::error_reporting::send_test_event(std::time::Duration::from_secs(10))?;
+            println!("sent test event {id}");
+            Ok(())
+        }
         Command::Events {
             command:
                 EventsCommand::Tail {
@@ -389,16 +397,25 @@ async fn tail(
     Ok(())
 }
 
-/// Logs go to stderr, so `events tail` output on stdout stays clean JSON lines.
-fn init_tracing(config: &Config) {
+/// Logs go to stderr, so `events tail` output on stdout stays clean JSON lines. With Sentry
+/// configured, error-level events are reported there too.
+fn init_tracing(config: &Config, reporting: &crate::error_reporting::Reporting) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match config.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = match config.log_format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "sentry")]
+    let registry = registry.with(crate::error_reporting::layer(reporting));
+    #[cfg(not(feature = "sentry"))]
+    let _ = reporting;
+    let _ = registry.try_init();
 }

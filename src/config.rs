@@ -205,6 +205,15 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "TEACHBACK_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Report errors (error-level log events, with the warnings and information before them as
+    /// breadcrumbs) and panics to Sentry at this DSN. Unset: nothing is reported.
+    #[arg(long, env = "SENTRY_DSN", value_parser = secret, hide_env_values = true)]
+    pub sentry_dsn: Option<SecretString>,
+
+    /// The environment reported to Sentry (`production`, `staging`, …).
+    #[arg(long, env = "SENTRY_ENVIRONMENT")]
+    pub sentry_environment: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

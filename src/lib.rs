@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod error_reporting;
 pub mod grade;
 pub mod http;
 pub mod live;

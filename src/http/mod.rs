@@ -6,6 +6,7 @@
 //! - [`users`]: device registration, token refresh, the learner's own profile.
 //! - [`catalog`]: the catalogue of majors, subjects and topics.
 //! - [`health`]: liveness and readiness.
+//! - [`web`]: the embedded web client at `/`, and `/api/v1/info` for it.
 
 pub mod admin;
 pub mod analytics;
@@ -20,6 +21,7 @@ pub mod ops;
 pub mod rankings;
 pub mod stats;
 pub mod users;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,6 +122,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/me/stats", get(stats::me_stats))
         .route("/me/lectures", get(stats::me_lectures))
         .route("/home", get(stats::home))
+        .route("/info", get(web::info))
         .route("/rankings", get(rankings::rankings))
         .route("/rankings/live", get(rankings::live))
         .route("/catalog", get(catalog::catalog))
@@ -150,8 +153,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/admin/topics/{topic_id}",
             axum::routing::put(admin::put_topic),
         );
-    Router::new()
-        .nest("/api/v1", api)
+    web::routes(Router::new().nest("/api/v1", api))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/api/openapi.json", get(ops::openapi))

@@ -221,6 +221,7 @@ async fn step(inner: &Arc<Inner>, lecture: &Lecture, work: &mut Work) -> Result<
     }
     if finished && lecture.failure.is_none() && work.pending.is_empty() {
         if let Some((_, error)) = work.failed.iter().next() {
+            let code = error.code_str();
             let event = Event::GradingFailed(GradingFailed {
                 lecture_id: id,
                 attempt: lecture.attempt,
@@ -231,6 +232,8 @@ async fn step(inner: &Arc<Inner>, lecture: &Lecture, work: &mut Work) -> Result<
             });
             work.failed.clear();
             append(inner, id, &mut lecture.version.clone(), event).await?;
+            tracing::error!(lecture = %id, code,
+                "a lecture could not be transcribed; a re-grade retries it");
             return Ok(Step::Again);
         }
         // 2. Complete the transcript once every segment is in.

@@ -9,6 +9,7 @@
 #[cfg(feature = "s3")]
 mod blob_s3;
 mod crash;
+mod error_reporting;
 mod http_admin;
 mod http_catalog;
 mod http_users;
@@ -22,3 +23,4 @@ mod projection_runner;
 mod rubric_eval;
 mod store_contract;
 mod support;
+mod web;
