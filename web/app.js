@@ -187,6 +187,56 @@ const STRINGS = {
     'live.status.connecting': 'Connecting to live updates…',
     'live.status.open': 'Live',
     'live.status.closed': 'Live updates paused',
+    // Refusals by code (the server's `error.code`, live error frames, `fallbackReason`).
+    'live.cancelling': 'Cancelling…',
+    'error.http': 'The server refused the request (HTTP {status}).',
+    'err.network': 'Cannot reach the server. Check your connection.',
+    'err.too_many_live_lectures': 'You already have a lecture in progress (perhaps in another tab). Finish or cancel it first.',
+    'err.no_audio': 'Nothing was recorded, so the lecture was cancelled.',
+    'err.lecture_paused': 'The lecture is paused.',
+    'err.lecture_finished': 'The lecture has already ended.',
+    'err.lecture_ended': 'The lecture has already ended.',
+    'err.lecture_not_live': 'The lecture is no longer running on the server.',
+    'err.lecture_in_progress': 'A lecture is already in progress on this connection.',
+    'err.storage_unavailable': 'The server cannot store recordings right now. Your audio is kept; retrying…',
+    'err.superseded': 'This lecture was continued in another tab or on another device.',
+    'err.too_slow': 'The connection was too slow and was reset.',
+    'err.recording_too_large': 'The recording reached its size limit, so the lecture was finished.',
+    'err.internal': 'The server ran into a problem. Please try again.',
+    'err.unknown_topic': 'This topic does not exist.',
+    'err.topic_not_found': 'This topic does not exist.',
+    'err.unsupported_format': 'This audio format is not supported.',
+    'err.invalid_language': 'This lecture language is not supported.',
+    'err.invalid_text': 'The explanation must have 1 to 20,000 characters.',
+    'err.invalid_name': 'That name cannot be used. A name has 2 to 20 characters, without control or invisible characters.',
+    'err.name_taken': 'That name is already taken.',
+    'err.missing_token': 'You are not signed in. Reload the page.',
+    'err.invalid_token': 'Your session is not valid. Reload the page.',
+    'err.token_expired': 'Your session expired. Reload the page.',
+    'err.invalid_device_token': 'This device is not registered any more. Reload the page.',
+    'err.user_not_found': 'Your account was not found. Reload the page.',
+    'err.lecture_not_found': 'This lecture does not exist.',
+    'err.not_found': 'Not found.',
+    'err.invalid_share_token': 'This share link is not valid.',
+    'err.share_token_expired': 'This share link has expired.',
+    'err.not_graded': 'This lecture has no grade yet.',
+    'err.invalid_rating': 'A rating is a whole number from 1 to 5.',
+    'err.concurrent_update': 'Something changed at the same time. Please try again.',
+    'err.payload_too_large': 'That is too large for the server.',
+    'err.too_many_subscribers': 'Too many people are following live right now. Retrying soon.',
+    'err.provider_unreachable': 'the service could not be reached',
+    'err.provider_timeout': 'the service took too long to answer',
+    'err.provider_rate_limited': 'the service is receiving too many requests',
+    'err.rate_limited': 'the service is receiving too many requests',
+    'err.provider_quota_exceeded': 'the service’s usage quota is used up',
+    'err.insufficient_quota': 'the service’s usage quota is used up',
+    'err.provider_rejected': 'the service refused the request',
+    'err.provider_error': 'the service had an error',
+    'err.provider_stream_broken': 'the service’s answer was cut off',
+    'err.provider_invalid_response': 'the service gave an answer that could not be read',
+    'err.provider_circuit_open': 'the service failed repeatedly and is paused for a moment',
+    'err.invalid_output': 'the model’s answer was not a valid grade',
+    'err.audio_unavailable': 'the recording could not be read',
   },
   ko: {
     'app.name': 'TeachBack',
@@ -366,6 +416,56 @@ const STRINGS = {
     'live.status.connecting': '실시간 업데이트 연결 중…',
     'live.status.open': '실시간',
     'live.status.closed': '실시간 업데이트 멈춤',
+    // Refusals by code (the server's `error.code`, live error frames, `fallbackReason`).
+    'live.cancelling': '취소하는 중…',
+    'error.http': '서버가 요청을 거부했습니다 (HTTP {status}).',
+    'err.network': '서버에 연결할 수 없습니다. 네트워크를 확인해 주세요.',
+    'err.too_many_live_lectures': '이미 진행 중인 강의가 있습니다(다른 탭일 수 있습니다). 먼저 마치거나 취소해 주세요.',
+    'err.no_audio': '녹음된 내용이 없어 강의를 취소했습니다.',
+    'err.lecture_paused': '강의가 일시 정지되어 있습니다.',
+    'err.lecture_finished': '강의가 이미 끝났습니다.',
+    'err.lecture_ended': '강의가 이미 끝났습니다.',
+    'err.lecture_not_live': '이 강의는 서버에서 더 이상 진행 중이 아닙니다.',
+    'err.lecture_in_progress': '이 연결에서 이미 강의가 진행 중입니다.',
+    'err.storage_unavailable': '지금은 서버가 녹음을 저장할 수 없습니다. 녹음은 보관되어 있으며 다시 시도하는 중입니다…',
+    'err.superseded': '이 강의는 다른 탭이나 기기에서 이어서 진행되고 있습니다.',
+    'err.too_slow': '연결이 너무 느려 다시 설정되었습니다.',
+    'err.recording_too_large': '녹음이 최대 크기에 도달해 강의가 종료되었습니다.',
+    'err.internal': '서버에 문제가 생겼습니다. 다시 시도해 주세요.',
+    'err.unknown_topic': '없는 주제입니다.',
+    'err.topic_not_found': '없는 주제입니다.',
+    'err.unsupported_format': '지원하지 않는 오디오 형식입니다.',
+    'err.invalid_language': '지원하지 않는 강의 언어입니다.',
+    'err.invalid_text': '설명은 1자 이상 20,000자 이하여야 합니다.',
+    'err.invalid_name': '사용할 수 없는 이름입니다. 이름은 2자 이상 20자 이하이며 제어 문자나 보이지 않는 문자를 포함할 수 없습니다.',
+    'err.name_taken': '이미 사용 중인 이름입니다.',
+    'err.missing_token': '로그인되어 있지 않습니다. 페이지를 새로 고쳐 주세요.',
+    'err.invalid_token': '세션이 올바르지 않습니다. 페이지를 새로 고쳐 주세요.',
+    'err.token_expired': '세션이 만료되었습니다. 페이지를 새로 고쳐 주세요.',
+    'err.invalid_device_token': '이 기기는 더 이상 등록되어 있지 않습니다. 페이지를 새로 고쳐 주세요.',
+    'err.user_not_found': '계정을 찾을 수 없습니다. 페이지를 새로 고쳐 주세요.',
+    'err.lecture_not_found': '없는 강의입니다.',
+    'err.not_found': '찾을 수 없습니다.',
+    'err.invalid_share_token': '올바르지 않은 공유 링크입니다.',
+    'err.share_token_expired': '공유 링크가 만료되었습니다.',
+    'err.not_graded': '이 강의는 아직 채점되지 않았습니다.',
+    'err.invalid_rating': '평가는 1부터 5까지의 정수여야 합니다.',
+    'err.concurrent_update': '동시에 다른 변경이 있었습니다. 다시 시도해 주세요.',
+    'err.payload_too_large': '서버가 받기에는 너무 큽니다.',
+    'err.too_many_subscribers': '지금은 실시간으로 보는 사람이 너무 많습니다. 잠시 후 다시 시도합니다.',
+    'err.provider_unreachable': '서비스에 연결할 수 없음',
+    'err.provider_timeout': '서비스 응답 시간 초과',
+    'err.provider_rate_limited': '서비스 요청 한도 초과',
+    'err.rate_limited': '서비스 요청 한도 초과',
+    'err.provider_quota_exceeded': '서비스 사용량 한도 소진',
+    'err.insufficient_quota': '서비스 사용량 한도 소진',
+    'err.provider_rejected': '서비스가 요청을 거부함',
+    'err.provider_error': '서비스 오류',
+    'err.provider_stream_broken': '서비스 응답이 중간에 끊김',
+    'err.provider_invalid_response': '서비스 응답을 읽을 수 없음',
+    'err.provider_circuit_open': '서비스가 계속 실패해 잠시 멈춤',
+    'err.invalid_output': '모델의 답이 올바른 채점 결과가 아님',
+    'err.audio_unavailable': '녹음을 읽을 수 없음',
   },
 };
 
@@ -377,10 +477,37 @@ function initialLang() {
   return (navigator.language || '').toLowerCase().startsWith('ko') ? 'ko' : 'en';
 }
 
-/** The UI string `key` with `{name}` placeholders filled from `args`. */
+/**
+ * The UI string `key` with `{name}` placeholders filled from `args`. An argument may be a
+ * server refusal, `{err: code, message}`, shown with errorText() (so `relabel` translates it
+ * again when the language changes).
+ */
 function t(key, args = {}) {
   const text = STRINGS[lang][key] ?? STRINGS.en[key] ?? key;
-  return text.replace(/\{(\w+)\}/g, (_, name) => (args[name] ?? ''));
+  return text.replace(/\{(\w+)\}/g, (_, name) => {
+    const value = args[name];
+    if (value && typeof value === 'object') return errorText(value.err, value.message);
+    return value ?? '';
+  });
+}
+
+/**
+ * A server refusal (`code`, the server's English `message`) in the UI language: known codes
+ * from the dictionary (`err.<code>`), else the server's own message.
+ */
+function errorText(code, message) {
+  // The server's invalid_name says which rule the name broke (its length, say): keep that
+  // detail in the English UI.
+  if (code === 'invalid_name' && lang === 'en' && message) return message;
+  if (code && STRINGS.en[`err.${code}`]) return t(`err.${code}`);
+  // A plain-text body (a framework's refusal, in English): a sentence with its status instead.
+  if (code && code.startsWith('http_') && (lang !== 'en' || !message)) return t('error.http', { status: code.slice(5) });
+  return message || t('error.generic');
+}
+
+/** An error (ApiError, live refusal {code, message}, or Error) as text for the learner. */
+function errorMessage(err) {
+  return errorText(err && err.code, err && err.message);
 }
 
 /** `n` days, singular for one. */
@@ -469,10 +596,10 @@ function empty(key) {
 
 let toastTimer = null;
 
-/** Shows an error (the server's message when there is one) in the toast. */
+/** Shows an error (translated by its code, else the server's message) in the toast. */
 function showError(err) {
   if (err && err.name === 'AbortError') return;
-  const message = (err && err.message) || t('error.generic');
+  const message = errorMessage(err);
   const toast = document.getElementById('toast');
   toast.querySelector('.toast-text').textContent = message;
   toast.hidden = false;
@@ -740,7 +867,7 @@ function viewFailed(ctx, err) {
   if (!ctx.alive() || err.name === 'AbortError') return;
   showError(err);
   app.replaceChildren(
-    h('p', { class: 'error-state', text: err.message || t('error.generic') }),
+    h('p', { class: 'error-state', text: errorMessage(err) }),
     h('button', { type: 'button', class: 'button', i18n: 'common.retry', onclick: route }),
   );
 }
@@ -777,7 +904,7 @@ async function homeView(ctx) {
   if (!ctx.alive()) return;
   if (index.status === 'fulfilled') catalog.replaceChildren(catalogTree(index.value));
   else {
-    catalog.replaceChildren(h('p', { class: 'error-state', text: index.reason.message }));
+    catalog.replaceChildren(h('p', { class: 'error-state', text: errorMessage(index.reason) }));
     showError(index.reason);
   }
   const topics = index.status === 'fulfilled' ? index.value.topics : new Map();
@@ -1007,21 +1134,31 @@ async function liveLecture(ctx, host, { topic, info, language, text }) {
   );
 
   let mic = null;
-  const session = new LiveSession({ getToken: () => accessToken(), onEvent });
+  const session = new LiveSession({ getToken: (options) => accessToken(options), onEvent });
   activeSession = session;
   const warnOnLeave = (event) => event.preventDefault();
   window.addEventListener('beforeunload', warnOnLeave);
   ctx.busy = () => session.phase !== 'done' && !session.closed;
   ctx.onCleanup(() => {
     window.removeEventListener('beforeunload', warnOnLeave);
-    releaseMic();
-    session.close();
+    leave();
   });
 
   function releaseMic() {
     if (mic) mic.release();
     mic = null;
     meter.set(0);
+  }
+
+  // The view goes away (another page): end a lecture being recorded rather than leave it live
+  // on the server for the grace period. The microphone delivers its last chunk first, so that
+  // the session finishes with everything recorded (or cancels when nothing was).
+  async function leave() {
+    const m = mic;
+    mic = null;
+    if (m && session.recording()) await m.stop();
+    if (m) m.release();
+    session.leave();
   }
 
   function setState(state) {
@@ -1077,6 +1214,8 @@ async function liveLecture(ctx, host, { topic, info, language, text }) {
         break;
       case 'reconnected':
         setState(frame.state);
+        // Also the first news of a lecture resumed after its `started` was lost.
+        if (frame.state === 'recording' || frame.state === 'paused') setNote(`state.${frame.state}`);
         break;
       case 'state':
         setState(frame.state);
@@ -1092,7 +1231,7 @@ async function liveLecture(ctx, host, { topic, info, language, text }) {
         setNote('live.regrading');
         break;
       case 'gradingFailed':
-        setNote('live.gradingFailed', { message: frame.message });
+        setNote('live.gradingFailed', { message: { err: frame.code, message: frame.message } });
         showOutcome();
         break;
       case 'graded':
@@ -1160,7 +1299,12 @@ async function liveLecture(ctx, host, { topic, info, language, text }) {
       showOutcome();
       return;
     }
-    showError(new Error(event.message || t('error.generic')));
+    showError(event);
+    // A `finish` refused for a reason the session does not retry: let the learner cancel
+    // instead of waiting on "Saving…".
+    if (session.ending === 'finish' && session.recording() && event.code !== 'storage_unavailable') {
+      cancel.disabled = false;
+    }
     if (session.phase === 'done') {
       releaseMic();
       endControls();
@@ -1198,11 +1342,17 @@ async function liveLecture(ctx, host, { topic, info, language, text }) {
   cancel.addEventListener('click', async () => {
     endControls();
     releaseMic();
-    if (session.cancel()) return;
-    // The socket is down: cancel over HTTP, which also ends a lecture waiting for a reconnect.
     const lectureId = session.lectureId;
+    const sent = session.cancel();
+    if (sent === 'sent' || sent === 'queued') {
+      // A `state: cancelled` frame follows (after `started`, when the start is in flight).
+      setNote('live.cancelling');
+      return;
+    }
+    // 'none': nothing was started. 'offline': the socket is down; cancel over HTTP, which also
+    // ends a lecture waiting for a reconnect.
     session.close();
-    if (lectureId) {
+    if (sent === 'offline') {
       try {
         await api(`/api/v1/lectures/${encodeURIComponent(lectureId)}/cancel`, { method: 'POST' });
       } catch (err) {
@@ -1220,15 +1370,16 @@ async function liveLecture(ctx, host, { topic, info, language, text }) {
     return;
   }
   for (const button of buttons) button.disabled = true;
-  mic = new Microphone((pcm, level) => {
+  const m = new Microphone((pcm, level) => {
     if (session.localPaused) return;
     meter.set(level);
     session.pushChunk(pcm);
   });
+  mic = m;
   try {
-    await mic.start();
+    await m.start();
   } catch (err) {
-    mic = null;
+    if (mic === m) mic = null;
     session.close();
     if (!ctx.alive()) return;
     const denied = err && (err.name === 'NotAllowedError' || err.name === 'SecurityError');
@@ -1236,8 +1387,10 @@ async function liveLecture(ctx, host, { topic, info, language, text }) {
     teachControls(ctx, host, topic, info);
     return;
   }
-  if (!ctx.alive()) {
-    releaseMic();
+  // The view went away while the browser asked for the microphone: `leave` could not stop a
+  // microphone that was not open yet, so release it here.
+  if (!ctx.alive() || mic !== m) {
+    m.release();
     return;
   }
   for (const button of buttons) button.disabled = false;
@@ -1317,7 +1470,7 @@ function feedView(ids) {
           // A second `grading` in an attempt is the rubric standing in: its feedback replaces
           // the model's. Clearing on every `grading` covers that and re-grades alike.
           feedback.textContent = '';
-          if (frame.fallbackReason) setText(graderNote, 'grader.fallback', { reason: frame.fallbackReason });
+          if (frame.fallbackReason) setText(graderNote, 'grader.fallback', { reason: fallbackReason(frame.fallbackReason) });
           else setText(graderNote, frame.grader === 'llm' ? 'grader.gradingLlm' : 'grader.gradingRubric');
           break;
         case 'regrading':
@@ -1384,7 +1537,8 @@ function lectureProgress(ctx, body, lecture) {
   if (lecture.processing === 'awaiting_transcription') return setText(status, 'live.awaiting');
   if (lecture.processing === 'transcript_empty') return setText(status, 'live.nothingRecognised');
   if (lecture.processing === 'failed') {
-    return setText(status, 'result.failed', { message: lecture.failure ? lecture.failure.message : '' });
+    const { failure } = lecture;
+    return setText(status, 'result.failed', { message: failure ? { err: failure.code, message: failure.message } : '' });
   }
   if (lecture.status === 'cancelled' || lecture.status === 'abandoned') return setText(status, `live.${lecture.status}`);
   setText(status, 'result.following');
@@ -1404,7 +1558,9 @@ function lectureProgress(ctx, body, lecture) {
       stateEl.dataset.state = frame.state;
       setText(stateEl, `state.${frame.state}`);
     }
-    if (frame.type === 'gradingFailed') setText(status, 'live.gradingFailed', { message: frame.message });
+    if (frame.type === 'gradingFailed') {
+      setText(status, 'live.gradingFailed', { message: { err: frame.code, message: frame.message } });
+    }
     if (frame.type === 'transcriptCompleted' && frame.empty) setText(status, 'live.nothingRecognised');
     if (frame.type === 'graded') route();
   }, () => {
@@ -1423,18 +1579,28 @@ function followLecture(ctx, lectureId, auth, onFrame, onEnd, onStatus = () => {}
   let source = null;
   let retry = null;
   let ended = false;
+  let forceToken = false; // the last stream was refused before it opened: refresh the token
   async function open() {
     let query;
     try {
-      query = auth.share ? `share=${encodeURIComponent(auth.share)}` : `token=${encodeURIComponent(await accessToken())}`;
+      query = auth.share
+        ? `share=${encodeURIComponent(auth.share)}`
+        : `token=${encodeURIComponent(await accessToken({ force: forceToken }))}`;
+      forceToken = false;
     } catch (err) {
+      // No token (the server unreachable for the refresh, say): try again later.
       showError(err);
+      if (ctx.alive() && !ended) retry = setTimeout(open, 3000);
       return;
     }
     if (!ctx.alive() || ended) return;
     onStatus('connecting');
+    let opened = false; // the browser's current attempt was accepted
     source = new EventSource(`/api/v1/lectures/${encodeURIComponent(lectureId)}/events?${query}`);
-    source.onopen = () => onStatus('open');
+    source.onopen = () => {
+      opened = true;
+      onStatus('open');
+    };
     source.onmessage = (event) => {
       const frame = JSON.parse(event.data);
       if (frame.type === 'caughtUp') return;
@@ -1451,7 +1617,13 @@ function followLecture(ctx, lectureId, auth, onFrame, onEnd, onStatus = () => {}
       onEnd();
     });
     source.onerror = () => {
-      if (source.readyState !== EventSource.CLOSED) return onStatus('connecting');
+      if (source.readyState !== EventSource.CLOSED) {
+        opened = false; // the browser reconnects by itself
+        return onStatus('connecting');
+      }
+      // Refused before it opened: the server may reject a token our clock thinks valid (clock
+      // skew, a rotated secret), so the next stream gets a freshly refreshed one.
+      if (!opened && !auth.share) forceToken = true;
       source.close();
       onStatus('closed');
       retry = setTimeout(open, 3000);
@@ -1466,6 +1638,11 @@ function followLecture(ctx, lectureId, auth, onFrame, onEnd, onStatus = () => {}
 }
 
 const SUB_SCORES = ['accuracy', 'completeness', 'clarity', 'structure'];
+
+/** Why the model's grade failed (a provider error code) as an `{err}` argument for t(). */
+function fallbackReason(code) {
+  return { err: code, message: code };
+}
 
 /** The score and the four sub-scores as bars. */
 function scoreView(grade) {
@@ -1505,7 +1682,7 @@ function gradeView(grade) {
     h('div', { class: 'card' }, scoreView(grade), h('p', { class: 'muted small grader', testid: 'grader', dataset: { grader: grade.grader } },
       h('span', { i18n: graderKey }),
       grade.fallbackReason && ' ',
-      grade.fallbackReason && h('span', { i18n: 'grader.fallback', args: { reason: grade.fallbackReason } }))),
+      grade.fallbackReason && h('span', { i18n: 'grader.fallback', args: { reason: fallbackReason(grade.fallbackReason) } }))),
     section('result.feedback', h('p', { class: 'prose', testid: 'feedback', text: grade.feedback })),
     listSection('result.strengths', 'strengths', grade.strengths),
     listSection('result.improvements', 'improvements', grade.improvements),
@@ -1782,7 +1959,7 @@ function renameForm(name) {
       input.value = profile.name;
       setText(done, 'me.renamed');
     } catch (err) {
-      error.textContent = err.message || t('error.generic');
+      error.textContent = errorMessage(err);
     } finally {
       submit.disabled = false;
     }
@@ -1843,7 +2020,7 @@ async function rankingsView(ctx) {
       board.replaceChildren(rankingTable(ranking.entries, highlight));
     } catch (err) {
       if (!ctx.alive() || seq !== loadSeq) return;
-      board.replaceChildren(h('p', { class: 'error-state', text: err.message }));
+      board.replaceChildren(h('p', { class: 'error-state', text: errorMessage(err) }));
       showError(err);
     }
   }

@@ -1018,6 +1018,7 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let shutdown_state = state.clone();
     let stream = feed(state, lecture_id, after).map(|item| {
         let event = match item {
             Ok(message) => {
@@ -1032,7 +1033,7 @@ pub async fn events(
         };
         Ok::<_, std::convert::Infallible>(event)
     });
-    Ok(Sse::new(stream)
+    Ok(Sse::new(super::until_shutdown(&shutdown_state, stream))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }

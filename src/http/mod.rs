@@ -114,6 +114,23 @@ impl AppState {
     }
 }
 
+/// Ends a long-lived response stream (server-sent events) when the server begins to shut down:
+/// graceful shutdown waits for every response to finish, and an event stream never would.
+/// `EventSource` clients reconnect by themselves (to this server once it is back, or another).
+pub fn until_shutdown<S: futures::Stream>(
+    state: &AppState,
+    stream: S,
+) -> impl futures::Stream<Item = S::Item> + use<S> {
+    use futures::{FutureExt, StreamExt};
+    let mut shutting_down = state.live.shutting_down();
+    stream.take_until(
+        async move {
+            let _ = shutting_down.wait_for(|s| *s).await;
+        }
+        .boxed(),
+    )
+}
+
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/devices", post(users::register_device))

@@ -242,5 +242,6 @@ pub async fn live(
             yield Ok(SseEvent::default().event("ranking").data(data));
         }
     };
+    let stream = super::until_shutdown(&state, stream);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

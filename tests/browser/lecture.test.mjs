@@ -1,14 +1,19 @@
-// The web client in headless Chromium against a running teachback server (see run.sh, which
-// sets BASE_URL, WAV, SCREENSHOTS and EXPECTED_TRANSCRIPT).
+// The web client in headless Chromium against the real teachback server (see run.sh, which sets
+// TEACHBACK_BIN, the server's TEACHBACK_* environment, BASE_URL, WAV, SCREENSHOTS and
+// EXPECTED_TRANSCRIPT).
 //
 // A learner opens the page (device auto-login), finds a topic in the catalogue, records the WAV
-// (Chromium plays it as the microphone) with a pause and a dropped connection in the middle, and
+// (Chromium plays it as the microphone) with a pause, a dropped connection and a server restart
+// in the middle, and
 // sees the live transcript, the streamed feedback and the result. A second tab on the ranking
 // page sees the learner appear live. Then the user page, a rename, the watch page opened by
 // another learner through the share link, and the Korean UI. Every step is checked against the
 // server's own answers, and nothing the page captured may be missing from the stored audio.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -18,7 +23,32 @@ const SHOTS = process.env.SCREENSHOTS;
 const EXPECTED = process.env.EXPECTED_TRANSCRIPT || '';
 const WAV_SECONDS = parseFloat(process.env.WAV_SECONDS || '25');
 const TOPIC = 'cs.networking.tcp-vs-udp';
-assert.ok(BASE && WAV && SHOTS, 'run this through run.sh');
+assert.ok(BASE && WAV && SHOTS && process.env.TEACHBACK_BIN, 'run this through run.sh');
+
+/** Starts the server (its environment comes from run.sh) and waits until it is ready. */
+async function startServer() {
+  const log = fs.openSync(path.join(SHOTS, 'server.log'), 'a');
+  const child = spawn(process.env.TEACHBACK_BIN, [], { stdio: ['ignore', log, log] });
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    assert.equal(child.exitCode, null, 'the server exited; see server.log');
+    try {
+      if ((await fetch(BASE + '/readyz')).ok) return child;
+    } catch {
+      // not listening yet
+    }
+    assert.ok(Date.now() < deadline, 'the server did not become ready');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** SIGTERM: the server closes live sockets with 1012 and exits cleanly. */
+async function stopServer(child) {
+  if (child.exitCode !== null) return;
+  child.kill('SIGTERM');
+  const [code] = await once(child, 'exit');
+  assert.equal(code, 0, 'the server did not stop cleanly');
+}
 
 const started = Date.now();
 function step(name) {
@@ -51,6 +81,7 @@ const browser = await chromium.launch({
   ],
 });
 const failures = [];
+let server = await startServer();
 try {
   const context = await browser.newContext({
     viewport: { width: 1100, height: 900 },
@@ -60,7 +91,10 @@ try {
   const page = await context.newPage();
   page.on('pageerror', (e) => failures.push(`page error: ${e.message}`));
   page.on('console', (m) => {
-    if (m.type() === 'error') console.log(`  console: ${m.text()}`);
+    // Refused connections while the server restarts are expected.
+    if (m.type() === 'error' && !m.text().includes('ERR_CONNECTION_REFUSED')) {
+      console.log(`  console: ${m.text()}`);
+    }
   });
 
   step('open the page: device auto-login and the catalogue');
@@ -109,6 +143,15 @@ try {
     .first().waitFor({ timeout: 5000 });
   await page.locator(`${id('connection')}[data-state="open"]`).waitFor({ timeout: 15000 });
   assert.ok((await page.evaluate(() => window.teachback.stats().reconnects)) >= 1);
+
+  step('restart the server mid-lecture: the page resumes on the new process');
+  await stopServer(server);
+  await page.locator(`${id('connection')}:not([data-state="open"])`).waitFor({ timeout: 5000 });
+  await page.waitForTimeout(1000); // the microphone keeps capturing into the page's buffer
+  server = await startServer();
+  await page.locator(`${id('connection')}[data-state="open"]`).waitFor({ timeout: 20000 });
+  await page.locator(`${id('lecture-state')}[data-state="recording"]`).waitFor();
+  assert.ok((await page.evaluate(() => window.teachback.stats().reconnects)) >= 2);
   await page.locator(id('live-transcript')).filter({ hasText: /\w{3,}/ }).waitFor({ timeout: 30000 });
   await shot(page, '02-recording');
 
@@ -140,7 +183,7 @@ try {
   assert.ok(l.transcript.length > 0);
   step(`score ${l.grade.score}; transcript: ${transcript}`);
 
-  step('nothing captured was lost or doubled across the pause and the reconnect');
+  step('nothing captured was lost or doubled across the pause, the drop and the restart');
   const storedPcm = l.segments.reduce((sum, s) => sum + s.bytes - 44, 0);
   assert.equal(storedPcm, stats.bytesSent,
     `stored ${storedPcm} bytes of PCM, the page captured and sent ${stats.bytesSent}`);
@@ -206,6 +249,7 @@ try {
   await shot(page, '09-rankings-ko');
 } finally {
   await browser.close();
+  await stopServer(server);
 }
 assert.deepEqual(failures, [], 'the pages threw errors');
 step('passed');

@@ -7,13 +7,15 @@
 #    playwright-core from npm (package-lock.json);
 # 2. speaks a short lecture with espeak-ng into a WAV file, which Chromium then plays as its
 #    microphone (--use-fake-device-for-media-stream --use-file-for-fake-audio-capture);
-# 3. builds teachback and starts, on free loopback ports with a fresh data directory, the in-repo
-#    OpenAI-compatible provider (speech-to-text and a chat model that streams) and the server
-#    pointed at it; TEACHBACK_BROWSER_STT_URL / TEACHBACK_BROWSER_LLM_URL point the server at
-#    real providers instead (for example faster-whisper-server, see scripts/e2e-local-models.sh);
-# 4. runs lecture.test.mjs, which records the lecture through the real page and checks the live
-#    transcript, the streamed feedback, the result, the user page, the ranking page's live update,
-#    the watch page and the Korean UI. Screenshots go to target/browser/.
+# 3. builds teachback and starts, on a free loopback port, the in-repo OpenAI-compatible provider
+#    (speech-to-text and a chat model that streams); TEACHBACK_BROWSER_STT_URL /
+#    TEACHBACK_BROWSER_LLM_URL point the server at real providers instead (for example
+#    faster-whisper-server, see scripts/e2e-local-models.sh);
+# 4. runs lecture.test.mjs, which starts the server (a fresh data directory, a free port),
+#    records the lecture through the real page, restarts the server in the middle of it, and
+#    checks the live transcript, the streamed feedback, the result, the user page, the ranking
+#    page's live update, the watch page and the Korean UI. Screenshots and the server's log go to
+#    target/browser/.
 set -euo pipefail
 here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd -- "$here/../.." && pwd)"
@@ -76,16 +78,9 @@ if [ -z "$stt_url" ] || [ -z "$llm_url" ]; then
 fi
 
 port="$(free_port)"
-base="http://127.0.0.1:$port"
-TEACHBACK_ADDR="127.0.0.1:$port" TEACHBACK_DATA_DIR="$data" \
-  TEACHBACK_STT_URL="$stt_url" TEACHBACK_LLM_URL="$llm_url" \
-  "$bin" >"$out/server.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  curl -fsS "$base/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fsS "$base/readyz" >/dev/null || { echo "the server did not start:"; cat "$out/server.log"; exit 1; }
-
-BASE_URL="$base" WAV="$out/lecture.wav" WAV_SECONDS="$(soxi -D "$out/lecture.wav")" SCREENSHOTS="$out" \
+# The test starts the server itself (and restarts it mid-lecture) with this environment.
+export TEACHBACK_ADDR="127.0.0.1:$port" TEACHBACK_DATA_DIR="$data" \
+  TEACHBACK_STT_URL="$stt_url" TEACHBACK_LLM_URL="$llm_url"
+TEACHBACK_BIN="$bin" BASE_URL="http://127.0.0.1:$port" WAV="$out/lecture.wav" \
+  WAV_SECONDS="$(soxi -D "$out/lecture.wav")" SCREENSHOTS="$out" \
   EXPECTED_TRANSCRIPT="$expected_transcript" node "$here/lecture.test.mjs"

@@ -207,6 +207,61 @@ async fn sigterm_lets_in_flight_registrations_finish_and_loses_none() {
 }
 
 #[tokio::test]
+async fn sigterm_ends_open_event_streams_and_exits_promptly() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = start(cwd.path(), free_port()).await;
+    let http = reqwest::Client::new();
+    let device: Value = http
+        .post(format!("{}/api/v1/devices", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = device["accessToken"].as_str().unwrap();
+    let lecture: Value = http
+        .post(format!("{}/api/v1/lectures", server.base))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"topicId": "cs.networking.dns", "format": "wav"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Two followers that never end by themselves: the live ranking feed and a lecture's events
+    // (an upload still waiting for its recording).
+    let feeds = [
+        format!("{}/api/v1/rankings/live", server.base),
+        format!(
+            "{}/api/v1/lectures/{}/events?token={token}",
+            server.base,
+            lecture["lectureId"].as_str().unwrap()
+        ),
+    ];
+    let mut open = Vec::new();
+    for url in feeds {
+        let response = http.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(response);
+    }
+    signal(&server.child, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("open event streams kept the server from stopping")
+        .unwrap();
+    assert!(status.success());
+    // The streams ended (rather than being cut mid-event): reading them to the end succeeds.
+    for response in open {
+        tokio::time::timeout(Duration::from_secs(5), response.bytes())
+            .await
+            .expect("the stream did not end")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
 async fn sigkill_mid_traffic_loses_nothing_acknowledged_and_the_projection_catches_up() {
     let cwd = tempfile::tempdir().unwrap();
     let port = free_port();
