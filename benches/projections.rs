@@ -302,7 +302,7 @@ async fn rebuild(events: usize) {
         );
     }
     println!(
-        "| all four, one after another | {written} | {:.2} | {:.0} |",
+        "| every projection, one after another | {written} | {:.2} | {:.0} |",
         total.as_secs_f64(),
         written as f64 / total.as_secs_f64()
     );
@@ -312,9 +312,9 @@ async fn rebuild(events: usize) {
     let reports = teachback::projection::ops::rebuild_all(&db, &store, &list, &|_| {})
         .await
         .unwrap();
-    let elapsed = reports.last().expect("four").elapsed;
+    let elapsed = reports.last().expect("at least one projection").elapsed;
     println!(
-        "| all four in one pass (`teachback projections rebuild`) | {written} | {:.2} | {:.0} |",
+        "| every projection in one pass (`teachback projections rebuild`) | {written} | {:.2} | {:.0} |",
         elapsed.as_secs_f64(),
         written as f64 / elapsed.as_secs_f64()
     );

@@ -31,6 +31,45 @@ pub struct Report {
     pub latency: Latency,
     pub providers: Vec<ProviderRate>,
     pub usage: Usage,
+    pub nudges: Nudges,
+}
+
+/// Study nudges: what happened to those scheduled in the range, and whether nudged learners
+/// come back more than the others.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nudges {
+    pub kinds: Vec<NudgeCounts>,
+    /// Learners who signed up in the range and were sent at least one nudge, against those who
+    /// were not.
+    pub retention_nudged: Retained,
+    pub retention_not_nudged: Retained,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NudgeCounts {
+    pub kind: String,
+    pub scheduled: u64,
+    pub sent: u64,
+    pub pending: u64,
+    pub parked: u64,
+    pub cancelled: u64,
+    /// Delivery attempts that failed (a nudge retried three times before it was sent counts 3).
+    pub failed_attempts: u64,
+    /// Sent nudges whose link was followed.
+    pub opened: u64,
+    pub open_rate: Option<f64>,
+}
+
+/// Retention of a group of learners over all its signup cohorts (only cohorts whose day N has
+/// come count towards dN).
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Retained {
+    pub learners: u64,
+    pub d1: Option<f64>,
+    pub d7: Option<f64>,
+    pub d30: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -193,6 +232,7 @@ pub async fn report(
         }
     }
     let retention = retention(&cohorts, &active_on, today);
+    let nudges = nudges(db, from, to, today, &cohorts, &active_on).await?;
 
     let funnel: (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>) = with_pool!(db, pool => {
         sqlx::query_as(
@@ -252,7 +292,110 @@ pub async fn report(
         latency,
         providers,
         usage,
+        nudges,
     })
+}
+
+async fn nudges(
+    db: &Db,
+    from: Date,
+    to: Date,
+    today: Date,
+    cohorts: &BTreeMap<Date, Vec<Uuid>>,
+    active_on: &HashSet<(Uuid, Date)>,
+) -> anyhow::Result<Nudges> {
+    use crate::projection::notifications as read_model;
+    use teachback_projections::notifications::Status;
+    let micros = |d: Date| -> anyhow::Result<i64> {
+        Ok(d.to_zoned(jiff::tz::TimeZone::UTC)?
+            .timestamp()
+            .as_microsecond())
+    };
+    let end = micros(to.checked_add(1.days())?)?;
+    let mut kinds: BTreeMap<String, NudgeCounts> = BTreeMap::new();
+    for (kind, status, n, opened, attempts) in read_model::counts(db, micros(from)?, end).await? {
+        let counts = kinds.entry(kind.clone()).or_insert_with(|| NudgeCounts {
+            kind,
+            ..NudgeCounts::default()
+        });
+        counts.scheduled += n;
+        counts.opened += opened;
+        // Every attempt failed except the one that delivered a sent nudge.
+        counts.failed_attempts += attempts;
+        match status {
+            Status::Sent => {
+                counts.sent += n;
+                counts.failed_attempts -= n;
+            }
+            Status::Pending => counts.pending += n,
+            Status::Parked => counts.parked += n,
+            Status::Cancelled => counts.cancelled += n,
+        }
+    }
+    for counts in kinds.values_mut() {
+        counts.open_rate =
+            (counts.sent > 0).then(|| round4(counts.opened as f64 / counts.sent as f64));
+    }
+    let nudged: HashSet<Uuid> = read_model::first_sent(db)
+        .await?
+        .into_iter()
+        .map(|(user, _)| user)
+        .collect();
+    let (yes, no) = split_cohorts(cohorts, &nudged);
+    Ok(Nudges {
+        kinds: kinds.into_values().collect(),
+        retention_nudged: retained(&yes, active_on, today),
+        retention_not_nudged: retained(&no, active_on, today),
+    })
+}
+
+/// The cohorts split into learners in `group` and the rest.
+fn split_cohorts(
+    cohorts: &BTreeMap<Date, Vec<Uuid>>,
+    group: &HashSet<Uuid>,
+) -> (BTreeMap<Date, Vec<Uuid>>, BTreeMap<Date, Vec<Uuid>>) {
+    let mut inside = BTreeMap::new();
+    let mut outside = BTreeMap::new();
+    for (day, users) in cohorts {
+        let (a, b): (Vec<Uuid>, Vec<Uuid>) = users.iter().partition(|u| group.contains(u));
+        if !a.is_empty() {
+            inside.insert(*day, a);
+        }
+        if !b.is_empty() {
+            outside.insert(*day, b);
+        }
+    }
+    (inside, outside)
+}
+
+/// Retention over all of a group's cohorts together.
+fn retained(
+    cohorts: &BTreeMap<Date, Vec<Uuid>>,
+    active_on: &HashSet<(Uuid, Date)>,
+    today: Date,
+) -> Retained {
+    let share = |n: i64| {
+        let (mut back, mut size) = (0usize, 0usize);
+        for (cohort, users) in cohorts {
+            let Ok(target) = cohort.checked_add(n.days()) else {
+                continue;
+            };
+            if target <= today {
+                size += users.len();
+                back += users
+                    .iter()
+                    .filter(|u| active_on.contains(&(**u, target)))
+                    .count();
+            }
+        }
+        (size > 0).then(|| round4(back as f64 / size as f64))
+    };
+    Retained {
+        learners: cohorts.values().map(|u| u.len() as u64).sum(),
+        d1: share(1),
+        d7: share(7),
+        d30: share(30),
+    }
 }
 
 /// The share of each signup cohort active again exactly 1, 7 and 30 days after signing up;
@@ -367,6 +510,46 @@ fn percentiles(mut values: Vec<i64>) -> Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nudged_and_other_learners_are_retained_over_their_cohorts_together() {
+        let day = |s: &str| s.parse::<Date>().unwrap();
+        let user = |n: u128| Uuid::from_u128(n);
+        // given two cohorts; learners 1 and 3 were nudged
+        let cohorts = BTreeMap::from([
+            (day("2026-03-01"), vec![user(1), user(2)]),
+            (day("2026-03-20"), vec![user(3), user(4)]),
+        ]);
+        let nudged = HashSet::from([user(1), user(3)]);
+        // 1 and 3 came back the next day, 4 a week later (not yet counted on the 25th)
+        let active = HashSet::from([
+            (user(1), day("2026-03-02")),
+            (user(3), day("2026-03-21")),
+            (user(4), day("2026-03-27")),
+        ]);
+        // when it is March 25th
+        let (yes, no) = split_cohorts(&cohorts, &nudged);
+        let today = day("2026-03-25");
+        // then the nudged came back at D1 2/2; the others 0/2, and D7 counts only March 1st
+        assert_eq!(
+            retained(&yes, &active, today),
+            Retained {
+                learners: 2,
+                d1: Some(1.0),
+                d7: Some(0.0),
+                d30: None
+            }
+        );
+        assert_eq!(
+            retained(&no, &active, today),
+            Retained {
+                learners: 2,
+                d1: Some(0.0),
+                d7: Some(0.0),
+                d30: None
+            }
+        );
+    }
 
     #[test]
     fn retention_counts_learners_back_exactly_n_days_later_once_that_day_has_come() {

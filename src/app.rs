@@ -18,9 +18,13 @@ use crate::live::hub::Hub;
 use crate::live::segment::SegmentRules;
 use crate::live::wal::{AudioWal, Recovered};
 use crate::live::{Live, LiveSettings};
+use crate::notify::channel::Webhook;
+use crate::notify::clock::SystemClock;
+use crate::notify::{Notifier, NotifySettings};
 use crate::pipeline::{Pipeline, PipelineSettings, Providers, SttLanguage};
 use crate::projection::learning::LearningProjector;
 use crate::projection::lectures::{LecturesProjector, unfinished_lectures};
+use crate::projection::notifications::NotificationsProjector;
 use crate::projection::{
     self, ProjectionStatus, Projector, topics::TopicsProjector, users::UsersProjector,
 };
@@ -29,6 +33,7 @@ use crate::provider::stt::{OpenAiStt, SpeechToText, SttConfig};
 use crate::provider::{Breaker, RetryPolicy, Timeouts};
 use crate::rankings::Rankings;
 use crate::store::{EventStore, SqlBackend};
+use teachback_projections::notify::{Cron, Kind};
 
 /// A built application, ready to serve.
 pub struct App {
@@ -43,6 +48,7 @@ pub fn projectors(tz: &jiff::tz::TimeZone) -> Vec<Arc<dyn Projector>> {
         Arc::new(TopicsProjector::default()),
         Arc::new(LecturesProjector::default()),
         Arc::new(LearningProjector::new(tz.clone())),
+        Arc::new(NotificationsProjector::default()),
     ]
 }
 
@@ -89,9 +95,9 @@ impl App {
         for projector in &projectors {
             statuses.push(projection::spawn(db.clone(), store.clone(), projector.clone()).await?);
         }
-        let [users, topics, lectures, learning]: [ProjectionStatus; 4] = statuses
+        let [users, topics, lectures, learning, notifications]: [ProjectionStatus; 5] = statuses
             .try_into()
-            .map_err(|_| anyhow::anyhow!("four projections"))?;
+            .map_err(|_| anyhow::anyhow!("five projections"))?;
         let rankings = Rankings::start(db.clone(), tz, learning.clone()).await?;
         let published = catalog::publish(&store, catalog::starter())
             .await
@@ -129,6 +135,11 @@ impl App {
             resumed,
             "pipeline ready"
         );
+        let notifier = notifier(config, &db, &store, &rankings, &notifications)?;
+        if let Some(notifier) = &notifier {
+            notifier.spawn();
+            tracing::info!(channels = ?notifier.channels(), "study nudges on");
+        }
         tracing::info!(database = ?db.dialect(), head = *store.committed().borrow(), "storage ready");
         Ok(App {
             state: AppState {
@@ -149,6 +160,8 @@ impl App {
                 pipeline,
                 lectures,
                 learning,
+                notifications,
+                notifier,
                 projectors: Arc::new(projectors),
                 rankings,
                 prices: Prices {
@@ -248,6 +261,62 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
         None => None,
     };
     Ok(Providers { stt, llm })
+}
+
+/// The nudge scheduler and outbox, when a delivery channel is configured.
+pub fn notifier(
+    config: &Config,
+    db: &Db,
+    store: &EventStore,
+    rankings: &Rankings,
+    outbox: &ProjectionStatus,
+) -> anyhow::Result<Option<Notifier>> {
+    let Some(url) = &config.notify_webhook_url else {
+        return Ok(None);
+    };
+    let secret = config.notify_webhook_secret.clone().ok_or_else(|| {
+        anyhow::anyhow!("TEACHBACK_NOTIFY_WEBHOOK_URL needs TEACHBACK_NOTIFY_WEBHOOK_SECRET")
+    })?;
+    let webhook = Webhook::new(
+        url.clone(),
+        secret,
+        Duration::from_secs(config.notify_timeout_secs.max(1)),
+    )?;
+    let cron = |name: &str, text: &str| -> anyhow::Result<Cron> {
+        text.parse().map_err(|e| anyhow::anyhow!("{name}: {e}"))
+    };
+    let settings = NotifySettings {
+        crons: [
+            (
+                Kind::DailyReminder,
+                cron("TEACHBACK_NOTIFY_DAILY_CRON", &config.notify_daily_cron)?,
+            ),
+            (
+                Kind::StreakWarning,
+                cron("TEACHBACK_NOTIFY_STREAK_CRON", &config.notify_streak_cron)?,
+            ),
+            (
+                Kind::WeeklyDigest,
+                cron("TEACHBACK_NOTIFY_WEEKLY_CRON", &config.notify_weekly_cron)?,
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        tick: Duration::from_secs(config.notify_tick_secs.max(1)),
+        max_attempts: config.notify_max_attempts.max(1),
+        retry_base: Duration::from_millis(config.notify_retry_base_ms.max(1)),
+        concurrency: config.notify_concurrency.max(1),
+        public_url: config.public_url(),
+    };
+    Ok(Some(Notifier::new(
+        db.clone(),
+        store.clone(),
+        rankings.clone(),
+        outbox.clone(),
+        vec![Arc::new(webhook)],
+        settings,
+        Arc::new(SystemClock),
+    )))
 }
 
 pub fn pipeline_settings(config: &Config) -> anyhow::Result<PipelineSettings> {

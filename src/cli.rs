@@ -77,7 +77,7 @@ pub enum ProjectionsCommand {
     /// Rebuild projections from the whole log into fresh tables and swap them in. A running
     /// server keeps serving meanwhile and carries on from the rebuilt position.
     Rebuild {
-        /// The projection's base name (`users`, `topics`, `lectures`, `learning`). Default: all.
+        /// The projection's base name (`users`, `topics`, `lectures`, `learning`, `notifications`). Default: all.
         name: Option<String>,
         /// Rebuild even though the database holds another version (or time zone) of the
         /// projection, which a running server may be using: its tables are taken over.

@@ -206,6 +206,61 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Study nudges are delivered by POSTing them, signed, to this URL (a push gateway, an
+    /// SMS bridge, …). Unset: nudges are neither scheduled nor sent (learners can still set
+    /// their preferences).
+    #[arg(long, env = "TEACHBACK_NOTIFY_WEBHOOK_URL")]
+    pub notify_webhook_url: Option<String>,
+
+    /// The shared secret nudges are signed with (HMAC-SHA256), at least 32 characters.
+    #[arg(long, env = "TEACHBACK_NOTIFY_WEBHOOK_SECRET", value_parser = secret, hide_env_values = true)]
+    pub notify_webhook_secret: Option<SecretString>,
+
+    /// When the daily reminder fires (cron, in the learner's time zone; a learner's preferred
+    /// hour replaces the hour).
+    #[arg(
+        long,
+        env = "TEACHBACK_NOTIFY_DAILY_CRON",
+        default_value = "0 19 * * *"
+    )]
+    pub notify_daily_cron: String,
+
+    /// When the streak warning fires (cron, in the learner's time zone).
+    #[arg(
+        long,
+        env = "TEACHBACK_NOTIFY_STREAK_CRON",
+        default_value = "0 21 * * *"
+    )]
+    pub notify_streak_cron: String,
+
+    /// When the weekly ranking digest fires (cron, in the learner's time zone).
+    #[arg(
+        long,
+        env = "TEACHBACK_NOTIFY_WEEKLY_CRON",
+        default_value = "0 8 * * 1"
+    )]
+    pub notify_weekly_cron: String,
+
+    /// How often the nudge scheduler runs (seconds).
+    #[arg(long, env = "TEACHBACK_NOTIFY_TICK_SECS", default_value_t = 60)]
+    pub notify_tick_secs: u64,
+
+    /// Delivery attempts before a nudge is parked.
+    #[arg(long, env = "TEACHBACK_NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub notify_max_attempts: u32,
+
+    /// The first retry's delay (ms); each next one doubles, up to an hour.
+    #[arg(long, env = "TEACHBACK_NOTIFY_RETRY_BASE_MS", default_value_t = 2000)]
+    pub notify_retry_base_ms: u64,
+
+    /// Longest a delivery may take (seconds).
+    #[arg(long, env = "TEACHBACK_NOTIFY_TIMEOUT_SECS", default_value_t = 10)]
+    pub notify_timeout_secs: u64,
+
+    /// Deliveries in flight at once.
+    #[arg(long, env = "TEACHBACK_NOTIFY_CONCURRENCY", default_value_t = 64)]
+    pub notify_concurrency: usize,
+
     /// Report errors (error-level log events, with the warnings and information before them as
     /// breadcrumbs) and panics to Sentry at this DSN. Unset: nothing is reported.
     #[arg(long, env = "SENTRY_DSN", value_parser = secret, hide_env_values = true)]

@@ -34,6 +34,7 @@ pub mod http;
 pub mod live;
 pub mod loadgen;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod projection;
 pub mod provider;

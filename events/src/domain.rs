@@ -443,6 +443,100 @@ pub struct LectureRated {
     pub rating: u8,
 }
 
+/// A learner chose which study nudges they want, when and how (stream `user-{id}`). Each
+/// setting replaces the previous one whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationPreferencesSet {
+    pub user_id: Uuid,
+    /// The kinds opted in to: `daily_reminder`, `streak_warning`, `weekly_digest`.
+    pub kinds: Vec<String>,
+    /// The delivery channel (`webhook`).
+    pub channel: String,
+    /// IANA time zone the nudges are timed in.
+    pub time_zone: String,
+    /// Preferred local hour for the daily reminder (0–23); `None`: the configured default.
+    pub hour: Option<u8>,
+    /// Quiet hours, local, `[start, end)` (wrapping past midnight when start > end).
+    pub quiet_start: Option<u8>,
+    pub quiet_end: Option<u8>,
+    /// `ko` or `en`.
+    pub language: String,
+}
+
+/// A nudge was scheduled (stream `notification-{id}`, its id derived from `key`, so the same
+/// nudge can never be scheduled twice).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationScheduled {
+    pub notification_id: Uuid,
+    pub user_id: Uuid,
+    /// `daily_reminder`, `streak_warning` or `weekly_digest`.
+    pub kind: String,
+    /// The period it is for: a local date, or an ISO week (`2026-W49`).
+    pub period: String,
+    /// The idempotency key, `{user}:{kind}:{period}`; receivers deduplicate by it.
+    pub key: String,
+    pub channel: String,
+    /// Not before this time (its cron firing, moved past quiet hours).
+    pub send_at: jiff::Timestamp,
+    pub language: String,
+    pub title: String,
+    pub body: String,
+    /// Where the nudge leads in the web client (`#/topic/…`, `#/rankings`).
+    pub link: String,
+}
+
+/// The channel accepted a nudge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationSent {
+    pub notification_id: Uuid,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub channel: String,
+    /// The receiver's HTTP status.
+    pub status: u16,
+}
+
+/// A delivery attempt failed; another follows at `retryAt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationFailed {
+    pub notification_id: Uuid,
+    pub attempt: u32,
+    /// `timeout`, `connect`, `http_5xx`, `http_4xx`, …
+    pub code: String,
+    pub message: String,
+    pub retry_at: jiff::Timestamp,
+}
+
+/// Delivery gave up after `attempts` tries; the team sees it in analytics and can send it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationParked {
+    pub notification_id: Uuid,
+    pub attempts: u32,
+    pub code: String,
+    pub message: String,
+}
+
+/// A scheduled nudge will not be sent (`opted_out`: the learner opted out before delivery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationCancelled {
+    pub notification_id: Uuid,
+    pub reason: String,
+}
+
+/// The learner followed a nudge's link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationOpened {
+    pub notification_id: Uuid,
+    pub user_id: Uuid,
+}
+
 /// Declares the event kinds once: the kind enum, its names and versions, the event enum, and the
 /// encode and decode of every variant.
 macro_rules! events {
@@ -528,6 +622,13 @@ events! {
     GradingFailed => 1,
     RegradeRequested => 1,
     LectureRated => 1,
+    NotificationPreferencesSet => 1,
+    NotificationScheduled => 1,
+    NotificationSent => 1,
+    NotificationFailed => 1,
+    NotificationParked => 1,
+    NotificationCancelled => 1,
+    NotificationOpened => 1,
 }
 
 impl EventKind {

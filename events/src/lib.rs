@@ -22,8 +22,10 @@ pub use domain::{
     FeedbackStreamed, FinishReason, GraderKind, GradingFailed, GradingLatency, GradingStarted,
     LectureAbandoned, LectureCancelled, LectureFinished, LectureGraded, LectureMode, LecturePaused,
     LectureRated, LectureResumed, LectureStarted, LectureTextSubmitted, Localized, LocalizedList,
-    RegradeRequested, SubScores, TokenUsage, TopicPublished, TranscriptCompleted,
-    TranscriptSegmentRecognized, TranscriptSource, UserRenamed, UsernameClaimed, UsernameReleased,
+    NotificationCancelled, NotificationFailed, NotificationOpened, NotificationParked,
+    NotificationPreferencesSet, NotificationScheduled, NotificationSent, RegradeRequested,
+    SubScores, TokenUsage, TopicPublished, TranscriptCompleted, TranscriptSegmentRecognized,
+    TranscriptSource, UserRenamed, UsernameClaimed, UsernameReleased,
 };
 pub use envelope::{ClientInfo, Metadata, NewEvent, RecordedEvent};
 pub use upcast::DecodeError;

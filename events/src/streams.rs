@@ -8,6 +8,8 @@ pub const USER_PREFIX: &str = "user-";
 pub const USERNAME_PREFIX: &str = "username-";
 /// Prefix of every lecture's stream.
 pub const LECTURE_PREFIX: &str = "lecture-";
+/// Prefix of every scheduled nudge's stream.
+pub const NOTIFICATION_PREFIX: &str = "notification-";
 /// The catalogue stream: every topic ever published.
 pub const CATALOG: &str = "catalog";
 
@@ -24,4 +26,9 @@ pub fn username(key: &str) -> String {
 /// The stream of one lecture: its start, audio segments, state changes and end.
 pub fn lecture(lecture_id: Uuid) -> String {
     format!("{LECTURE_PREFIX}{lecture_id}")
+}
+
+/// The stream of one nudge: scheduled, then its delivery attempts, and whether it was opened.
+pub fn notification(notification_id: Uuid) -> String {
+    format!("{NOTIFICATION_PREFIX}{notification_id}")
 }

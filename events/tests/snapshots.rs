@@ -11,7 +11,9 @@ use teachback_events::{
     AudioFormat, AudioSegmentStored, CatalogEntry, ClientInfo, DeviceRegistered, Event, EventKind,
     FeedbackStreamed, FinishReason, GraderKind, GradingFailed, GradingLatency, GradingStarted,
     LectureAbandoned, LectureCancelled, LectureFinished, LectureGraded, LectureMode, LecturePaused,
-    LectureRated, LectureResumed, LectureStarted, LectureTextSubmitted, Metadata, RecordedEvent,
+    LectureRated, LectureResumed, LectureStarted, LectureTextSubmitted, Metadata,
+    NotificationCancelled, NotificationFailed, NotificationOpened, NotificationParked,
+    NotificationPreferencesSet, NotificationScheduled, NotificationSent, RecordedEvent,
     RegradeRequested, SubScores, TokenUsage, TopicPublished, TranscriptCompleted,
     TranscriptSegmentRecognized, TranscriptSource, UserRenamed, UsernameClaimed, UsernameReleased,
 };
@@ -204,6 +206,58 @@ fn sample(kind: EventKind) -> Event {
             user_id: uuid(1),
             attempt: 1,
             rating: 4,
+        }),
+        EventKind::NotificationPreferencesSet => {
+            Event::NotificationPreferencesSet(NotificationPreferencesSet {
+                user_id: uuid(1),
+                kinds: vec!["daily_reminder".into(), "weekly_digest".into()],
+                channel: "webhook".into(),
+                time_zone: "Asia/Seoul".into(),
+                hour: Some(19),
+                quiet_start: Some(22),
+                quiet_end: Some(8),
+                language: "ko".into(),
+            })
+        }
+        EventKind::NotificationScheduled => Event::NotificationScheduled(NotificationScheduled {
+            notification_id: uuid(7),
+            user_id: uuid(1),
+            kind: "weekly_digest".into(),
+            period: "2026-W49".into(),
+            key: "0190…:weekly_digest:2026-W49".into(),
+            channel: "webhook".into(),
+            send_at: "2026-11-30T23:00:00Z".parse().unwrap(),
+            language: "en".into(),
+            title: "You moved up 12 places this week".into(),
+            body: "Rank 8 of 120 with 245 points.".into(),
+            link: "#/rankings".into(),
+        }),
+        EventKind::NotificationSent => Event::NotificationSent(NotificationSent {
+            notification_id: uuid(7),
+            attempt: 2,
+            channel: "webhook".into(),
+            status: 202,
+        }),
+        EventKind::NotificationFailed => Event::NotificationFailed(NotificationFailed {
+            notification_id: uuid(7),
+            attempt: 1,
+            code: "http_5xx".into(),
+            message: "the receiver answered 503".into(),
+            retry_at: "2026-11-30T23:00:02Z".parse().unwrap(),
+        }),
+        EventKind::NotificationParked => Event::NotificationParked(NotificationParked {
+            notification_id: uuid(7),
+            attempts: 8,
+            code: "timeout".into(),
+            message: "no answer within 10 s".into(),
+        }),
+        EventKind::NotificationCancelled => Event::NotificationCancelled(NotificationCancelled {
+            notification_id: uuid(7),
+            reason: "opted_out".into(),
+        }),
+        EventKind::NotificationOpened => Event::NotificationOpened(NotificationOpened {
+            notification_id: uuid(7),
+            user_id: uuid(1),
         }),
     }
 }

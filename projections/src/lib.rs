@@ -9,10 +9,13 @@
 //! - [`users`]: learners and their devices (the `users` and `devices` read models).
 //! - [`catalog`]: the latest version of every published topic.
 //! - [`lectures`]: one lecture folded from its stream; the `lectures` read model.
+//! - [`notify`]: when a study nudge is due in the learner's time zone, and its texts.
 
 pub mod catalog;
 pub mod learning;
 pub mod lectures;
+pub mod notifications;
+pub mod notify;
 pub mod rankings;
 pub mod users;
 

@@ -17,6 +17,7 @@ pub mod grading;
 pub mod health;
 pub mod lectures;
 pub mod live;
+pub mod notifications;
 pub mod ops;
 pub mod rankings;
 pub mod stats;
@@ -56,6 +57,9 @@ pub struct AppState {
     pub topics: ProjectionStatus,
     pub lectures: ProjectionStatus,
     pub learning: ProjectionStatus,
+    pub notifications: ProjectionStatus,
+    /// The nudge scheduler and outbox, when a delivery channel is configured.
+    pub notifier: Option<crate::notify::Notifier>,
     /// Every projector, for status reports.
     pub projectors: Arc<Vec<Arc<dyn crate::projection::Projector>>>,
     pub rankings: crate::rankings::Rankings,
@@ -79,7 +83,13 @@ pub struct AppState {
 impl AppState {
     /// All running projections, for readiness and read-your-writes.
     pub fn projections(&self) -> Vec<&ProjectionStatus> {
-        vec![&self.users, &self.topics, &self.lectures, &self.learning]
+        vec![
+            &self.users,
+            &self.topics,
+            &self.lectures,
+            &self.learning,
+            &self.notifications,
+        ]
     }
 
     /// Waits (bounded) until the users read model has applied `position`.
@@ -138,6 +148,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/me", get(users::me).put(users::rename))
         .route("/me/stats", get(stats::me_stats))
         .route("/me/lectures", get(stats::me_lectures))
+        .route(
+            "/me/notifications",
+            get(notifications::get_preferences).put(notifications::put_preferences),
+        )
         .route("/home", get(stats::home))
         .route("/info", get(web::info))
         .route("/rankings", get(rankings::rankings))
@@ -165,6 +179,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/admin/topics", post(admin::create_topic))
         .route("/admin/analytics", get(analytics::analytics))
         .route("/admin/projections", get(analytics::projections))
+        .route("/admin/notifications/parked", get(notifications::parked))
         .route("/admin/lectures/{id}/regrade", post(grading::regrade))
         .route(
             "/admin/topics/{topic_id}",
@@ -172,6 +187,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         );
     web::routes(Router::new().nest("/api/v1", api))
         .route("/healthz", get(health::healthz))
+        .route("/n/{id}", get(notifications::open))
         .route("/metrics", get(ops::metrics))
         .route("/api/openapi.json", get(ops::openapi))
         .route("/api/docs", get(ops::docs))

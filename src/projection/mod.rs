@@ -8,6 +8,7 @@
 
 pub mod learning;
 pub mod lectures;
+pub mod notifications;
 pub mod ops;
 pub mod topics;
 pub mod users;

@@ -15,6 +15,7 @@ mod http_catalog;
 mod http_users;
 mod live;
 mod live_support;
+mod notify;
 mod openapi;
 mod pages;
 mod pipeline;

@@ -76,7 +76,7 @@ pub(crate) fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
-async fn tail(cwd: &Path, args: &[&str]) -> Vec<RecordedEvent> {
+pub(crate) async fn tail(cwd: &Path, args: &[&str]) -> Vec<RecordedEvent> {
     let out = teachback(cwd)
         .args(["events", "tail"])
         .args(args)
