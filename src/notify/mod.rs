@@ -281,11 +281,8 @@ impl Notifier {
                 return Ok(pass);
             }
             // Who still wants what: a learner who opted out before delivery gets nothing.
-            let wanted: HashMap<Uuid, Vec<String>> = outbox::opted_in(&inner.db)
-                .await?
-                .into_iter()
-                .map(|p| (p.user_id, p.kinds))
-                .collect();
+            let users: Vec<Uuid> = batch.iter().map(|row| row.user_id).collect();
+            let wanted: HashMap<Uuid, Vec<String>> = outbox::kinds_of(&inner.db, &users).await?;
             let results = futures::stream::iter(batch)
                 .map(|row| {
                     let still = wanted

@@ -201,6 +201,38 @@ pub async fn opted_in(db: &Db) -> Result<Vec<PrefsRow>, sqlx::Error> {
     Ok(rows.into_iter().map(prefs_row).collect())
 }
 
+/// The kinds each of these learners is opted in to now (learners with no preferences are
+/// missing from the map).
+pub async fn kinds_of(
+    db: &Db,
+    users: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Vec<String>>, sqlx::Error> {
+    let mut out = std::collections::HashMap::with_capacity(users.len());
+    for chunk in users.chunks(500) {
+        let rows: Vec<(Uuid, String)> = with_pool!(db, pool => {
+            let mut query =
+                sqlx::QueryBuilder::new("SELECT user_id, kinds FROM notification_prefs WHERE user_id IN (");
+            let mut list = query.separated(", ");
+            for user in chunk {
+                list.push_bind(*user);
+            }
+            query.push(")");
+            query.build_query_as().fetch_all(pool).await?
+        });
+        for (user, kinds) in rows {
+            out.insert(
+                user,
+                kinds
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// The keys of nudges scheduled at or after `since` (microseconds).
 pub async fn keys_since(db: &Db, since: i64) -> Result<Vec<String>, sqlx::Error> {
     with_pool!(db, pool => {

@@ -40,7 +40,9 @@ enum Behaviour {
     Accept,
     Error,
     TooMany,
-    /// Answers after the sender's timeout.
+    /// Never answers within the sender's timeout.
+    Timeout,
+    /// Answers (and accepts) slowly, but within the timeout.
     Slow,
     /// Reads the whole body, then closes the connection without answering.
     Drop,
@@ -69,10 +71,11 @@ impl Receiver {
         Self::start_with(
             move |rng: &mut rand::rngs::StdRng| {
                 if rng.random_bool(failure) {
-                    match rng.random_range(0..4) {
+                    match rng.random_range(0..5) {
                         0 => Behaviour::Error,
                         1 => Behaviour::TooMany,
-                        2 => Behaviour::Slow,
+                        2 => Behaviour::Timeout,
+                        3 => Behaviour::Slow,
                         _ => Behaviour::Drop,
                     }
                 } else {
@@ -158,7 +161,7 @@ async fn serve(
         buffer.drain(..header_end + length);
         let key = headers.get("idempotency-key").cloned().unwrap_or_default();
         let behaviour = choose(&mut rng.lock().unwrap());
-        let duplicate = {
+        {
             let mut r = received.lock().unwrap();
             *r.deliveries.entry(key.clone()).or_default() += 1;
             let signature = headers
@@ -178,23 +181,29 @@ async fn serve(
                     Behaviour::Accept => "accept",
                     Behaviour::Error => "error",
                     Behaviour::TooMany => "too_many",
+                    Behaviour::Timeout => "timeout",
                     Behaviour::Slow => "slow",
                     Behaviour::Drop => "drop",
                 })
                 .or_default() += 1;
-            r.accepted.contains(&key)
-        };
+        }
         let status = match behaviour {
             Behaviour::Drop => return,
-            Behaviour::Slow => {
+            Behaviour::Timeout => {
                 tokio::time::sleep(Duration::from_millis(900)).await;
                 return;
             }
             Behaviour::Error => 503,
             Behaviour::TooMany => 429,
-            Behaviour::Accept => {
+            Behaviour::Accept | Behaviour::Slow => {
+                if behaviour == Behaviour::Slow {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
                 let mut r = received.lock().unwrap();
-                // Deduplicates: a key accepted before is answered 200 again and not kept twice.
+                // Deduplicates (checked as it accepts: a retry may arrive while an earlier try
+                // of the same nudge is still being answered): a key accepted before is
+                // answered 2xx again and not kept twice.
+                let duplicate = r.accepted.contains(&key);
                 if !duplicate && (200..300).contains(&accept_status) {
                     r.accepted.push(key.clone());
                     r.bodies.insert(
@@ -512,7 +521,7 @@ async fn every_due_nudge_arrives_through_a_failing_receiver_and_a_restarted_work
         );
         assert_eq!(received.bad_signatures, 0);
         // The failures really happened, of every kind.
-        for kind in ["error", "too_many", "slow", "drop"] {
+        for kind in ["error", "too_many", "timeout", "slow", "drop"] {
             assert!(
                 received.behaviours.get(kind).copied().unwrap_or(0) > 0,
                 "{kind}: {:?}",
