@@ -32,3 +32,4 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
 CREATE INDEX notifications_by_user ON notifications (user_id, scheduled_at);
+CREATE INDEX notifications_by_time ON notifications (scheduled_at);

@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use teachback_events::{Event, NewEvent, NotificationOpened, NotificationPreferencesSet, streams};
+use teachback_projections::notifications::Status;
 use teachback_projections::notify::{self, Kind, QuietHours};
 use uuid::Uuid;
 
@@ -206,13 +207,15 @@ pub async fn open(
     Path(id): Path<Uuid>,
     RequestMeta(meta): RequestMeta,
 ) -> Result<Response> {
-    let Some((user, message, opened)) = read_model::link(&state.db, id).await? else {
+    let Some((user, message, status, opened)) = read_model::link(&state.db, id).await? else {
         return Err(ApiError::not_found(
             "notification_not_found",
             "no such notification",
         ));
     };
-    if !opened {
+    // Only a delivered nudge can have been opened (and an open appended while it is still being
+    // delivered would race the worker's record of the delivery).
+    if status == Status::Sent && !opened {
         let event = Event::NotificationOpened(NotificationOpened {
             notification_id: id,
             user_id: user,

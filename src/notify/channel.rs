@@ -36,7 +36,7 @@ pub struct DeliveryError {
     /// `timeout`, `connect`, `http_5xx`, `http_4xx`, `http_429`, `io`.
     pub code: String,
     pub message: String,
-    /// Whether trying again may help (a 4xx other than 408 and 429 will not).
+    /// Whether trying again may help (a 4xx other than 401, 403, 404, 408 and 429 will not).
     pub retryable: bool,
 }
 
@@ -72,6 +72,8 @@ impl Webhook {
             "TEACHBACK_NOTIFY_WEBHOOK_SECRET must have at least 32 characters"
         );
         let http = reqwest::Client::builder()
+            // A redirect would turn the POST into a GET and carry the signature elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5).min(timeout))
             .timeout(timeout)
             .build()?;
@@ -133,9 +135,11 @@ impl Channel for Webhook {
         if status.is_success() {
             return Ok(status.as_u16());
         }
-        let retryable = status.is_server_error()
-            || status == reqwest::StatusCode::REQUEST_TIMEOUT
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+        // 401, 403 and 404 are more often a gateway misconfigured for a while than a nudge
+        // that can never be delivered: retried like 408, 429 and 5xx, so that fixing the
+        // gateway does not leave a parked backlog. Other 4xx (400, 410, 422, …) are final.
+        let retryable =
+            status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 404 | 408 | 429);
         Err(DeliveryError {
             code: match status.as_u16() {
                 429 => "http_429".into(),

@@ -135,16 +135,37 @@ impl Notifier {
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
+            let tick = this.inner.settings.tick;
+            let mut next_schedule = tokio::time::Instant::now();
             loop {
                 let woken = this.inner.wake.notified();
-                match this.run_once().await {
-                    Ok(pass) if pass != Pass::default() => tracing::info!(?pass, "nudges"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = format!("{e:#}"), "a nudge pass failed; retrying")
+                let mut pass = Pass::default();
+                // Scheduling reads every learner's preferences: once per tick, not on every
+                // retry. Its failure does not hold delivery up, nor the other way round.
+                if tokio::time::Instant::now() >= next_schedule {
+                    next_schedule = tokio::time::Instant::now() + tick;
+                    match this.schedule_due().await {
+                        Ok(n) => pass.scheduled = n,
+                        Err(e) => {
+                            tracing::warn!(error = format!("{e:#}"), "scheduling nudges failed")
+                        }
                     }
                 }
-                let pause = this.next_pause().await;
+                match this.deliver(Some(tick)).await {
+                    Ok(delivered) => {
+                        pass = Pass {
+                            scheduled: pass.scheduled,
+                            ..delivered
+                        };
+                    }
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "delivering nudges failed"),
+                }
+                if pass != Pass::default() {
+                    tracing::info!(?pass, "nudges");
+                }
+                let until_schedule =
+                    next_schedule.saturating_duration_since(tokio::time::Instant::now());
+                let pause = this.next_pause().await.min(until_schedule);
                 tokio::select! {
                     () = woken => {}
                     () = tokio::time::sleep(pause) => {}
@@ -166,6 +187,11 @@ impl Notifier {
         Ok(pass)
     }
 
+    /// Delivers every pending nudge whose time has come, in batches, until none is left.
+    pub async fn deliver_due(&self) -> anyhow::Result<Pass> {
+        self.deliver(None).await
+    }
+
     /// How long until the next tick or the next pending nudge, whichever is first.
     async fn next_pause(&self) -> Duration {
         let tick = self.inner.settings.tick;
@@ -181,7 +207,13 @@ impl Notifier {
     pub async fn schedule_due(&self) -> anyhow::Result<usize> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let since = now.checked_sub(SignedDuration::from_hours(24 * 9))?;
+        // Older nudges cannot be due again: no kind's window is longer.
+        let longest = Kind::ALL
+            .iter()
+            .map(|k| k.window())
+            .max()
+            .unwrap_or_default();
+        let since = now.checked_sub(longest + SignedDuration::from_hours(2))?;
         let known: HashSet<String> = outbox::keys_since(&inner.db, since.as_microsecond())
             .await?
             .into_iter()
@@ -207,11 +239,24 @@ impl Notifier {
                 let Some(slot) = notify::due(kind, &cron, &tz, quiet, now) else {
                     continue;
                 };
+                // Due, but now is quiet (the server was down when it fell due): it waits until
+                // the quiet hours end, if that is still within its window.
+                if quiet.is_some_and(|q| q.contains(now.to_zoned(tz.clone()).time())) {
+                    continue;
+                }
                 let key = notify::key(prefs.user_id, kind, &slot.period);
                 if known.contains(&key) {
                     continue;
                 }
-                if let Some(numbers) = context.numbers(kind, &prefs).await? {
+                let numbers = match context.numbers(kind, &prefs, slot.fired_at.date()).await {
+                    Ok(numbers) => numbers,
+                    Err(e) => {
+                        // One learner's unreadable data must not stop everyone's nudges.
+                        tracing::warn!(user = %prefs.user_id, error = format!("{e:#}"), "skipping a nudge");
+                        continue;
+                    }
+                };
+                if let Some(numbers) = numbers {
                     let message = notify::render(kind, &prefs.language, &numbers);
                     new.push(NotificationScheduled {
                         notification_id: notify::notification_id(&key),
@@ -270,48 +315,73 @@ impl Notifier {
         }
     }
 
-    /// Delivers every pending nudge whose time has come, in batches, until none is left.
-    pub async fn deliver_due(&self) -> anyhow::Result<Pass> {
+    /// Delivers pending nudges whose time has come, in batches, until none is left or
+    /// `budget` is spent (the background loop gives each pass one tick).
+    async fn deliver(&self, budget: Option<Duration>) -> anyhow::Result<Pass> {
         let inner = &self.inner;
+        let started = tokio::time::Instant::now();
+        let spent = || budget.is_some_and(|b| started.elapsed() >= b);
         let mut pass = Pass::default();
+        // Nudges whose outcome another worker recorded first: not tried again in this pass.
+        let mut raced: HashSet<Uuid> = HashSet::new();
         loop {
+            if spent() {
+                return Ok(pass);
+            }
+            // The outbox must show every outcome already in the log (after a restart, or one
+            // recorded by another worker), or this pass would send those nudges again.
+            let head = *inner.store.committed().borrow();
+            self.settle(head).await;
             let now = inner.clock.now();
-            let batch = outbox::due(&inner.db, now.as_microsecond(), 2_000).await?;
+            let batch: Vec<OutboxRow> = outbox::due(&inner.db, now.as_microsecond(), 2_000)
+                .await?
+                .into_iter()
+                .filter(|row| !raced.contains(&row.id))
+                .collect();
             if batch.is_empty() {
                 return Ok(pass);
             }
-            // Who still wants what: a learner who opted out before delivery gets nothing.
-            let users: Vec<Uuid> = batch.iter().map(|row| row.user_id).collect();
-            let wanted: HashMap<Uuid, Vec<String>> = outbox::kinds_of(&inner.db, &users).await?;
-            let results = futures::stream::iter(batch)
-                .map(|row| {
-                    let still = wanted
-                        .get(&row.user_id)
-                        .is_some_and(|k| k.contains(&row.kind));
-                    self.deliver(row, still)
-                })
-                .buffer_unordered(inner.settings.concurrency.max(1))
-                .collect::<Vec<_>>()
-                .await;
-            let mut head = 0;
-            for result in results {
-                let (outcome, position) = result?;
-                head = head.max(position);
-                match outcome {
-                    Outcome::Sent => pass.sent += 1,
-                    Outcome::Failed => pass.failed += 1,
-                    Outcome::Parked => pass.parked += 1,
-                    Outcome::Cancelled => pass.cancelled += 1,
-                    Outcome::Raced => {}
+            // A few rounds of deliveries at a time, each checking opt-outs just before, so a
+            // learner who opts out before delivery gets nothing.
+            let concurrency = inner.settings.concurrency.max(1);
+            for chunk in batch.chunks(concurrency * 4) {
+                let users: Vec<Uuid> = chunk.iter().map(|row| row.user_id).collect();
+                let wanted = outbox::kinds_of(&inner.db, &users).await?;
+                let results = futures::stream::iter(chunk.iter().cloned())
+                    .map(|row| {
+                        let still = wanted
+                            .get(&row.user_id)
+                            .is_some_and(|k| k.contains(&row.kind));
+                        self.deliver_one(row, still)
+                    })
+                    .buffer_unordered(concurrency)
+                    .collect::<Vec<_>>()
+                    .await;
+                for result in results {
+                    let (id, outcome) = result?;
+                    match outcome {
+                        Outcome::Sent => pass.sent += 1,
+                        Outcome::Failed => pass.failed += 1,
+                        Outcome::Parked => pass.parked += 1,
+                        Outcome::Cancelled => pass.cancelled += 1,
+                        Outcome::Raced => {
+                            raced.insert(id);
+                        }
+                    }
+                }
+                if spent() {
+                    break;
                 }
             }
-            // The next batch must not see these again as pending.
-            self.settle(head).await;
         }
     }
 
     /// Sends one nudge and records the outcome (after the channel answered).
-    async fn deliver(&self, row: OutboxRow, still_wanted: bool) -> anyhow::Result<(Outcome, u64)> {
+    async fn deliver_one(
+        &self,
+        row: OutboxRow,
+        still_wanted: bool,
+    ) -> anyhow::Result<(Uuid, Outcome)> {
         let inner = &self.inner;
         let attempt = row.attempts + 1;
         let (outcome, event) = if !still_wanted {
@@ -375,9 +445,9 @@ impl Notifier {
             )
             .await
         {
-            Ok(appended) => Ok((outcome, appended.position)),
+            Ok(_) => Ok((row.id, outcome)),
             // Another worker recorded this nudge's outcome first.
-            Err(AppendError::WrongExpectedVersion { .. }) => Ok((Outcome::Raced, 0)),
+            Err(AppendError::WrongExpectedVersion { .. }) => Ok((row.id, Outcome::Raced)),
             Err(e) => Err(e.into()),
         }
     }
@@ -431,36 +501,36 @@ struct Context<'a> {
     inner: &'a Inner,
     now: Timestamp,
     topics: Vec<TopicPublished>,
-    /// The last full week and the one before, in the server's calendar.
-    last_week: BoardKey,
-    week_before: BoardKey,
+}
+
+/// The ranking board of the calendar week `weeks` before the one holding `day`.
+fn week_before(day: jiff::civil::Date, weeks: i64) -> anyhow::Result<BoardKey> {
+    let monday = day.checked_sub(i64::from(day.weekday().to_monday_zero_offset()).days())?;
+    let start = monday.checked_sub((7 * weeks).days())?;
+    Ok(BoardKey {
+        period: Period::Week,
+        scope: Scope::Overall,
+        days: Some((start, start.checked_add(6.days())?)),
+    })
 }
 
 impl<'a> Context<'a> {
     async fn new(inner: &'a Inner, now: Timestamp) -> anyhow::Result<Context<'a>> {
-        let today = day_of(now, &inner.server_tz);
-        let monday =
-            today.checked_sub(i64::from(today.weekday().to_monday_zero_offset()).days())?;
-        let week = |weeks_back: i64| -> anyhow::Result<BoardKey> {
-            let start = monday.checked_sub((7 * weeks_back).days())?;
-            Ok(BoardKey {
-                period: Period::Week,
-                scope: Scope::Overall,
-                days: Some((start, start.checked_add(6.days())?)),
-            })
-        };
         Ok(Context {
             inner,
             now,
             topics: crate::projection::topics::all_topics(&inner.db).await?,
-            last_week: week(1)?,
-            week_before: week(2)?,
         })
     }
 
     /// The numbers a nudge is built from, or `None` when it is not worth sending (the learner
     /// already taught today; no streak to keep).
-    async fn numbers(&mut self, kind: Kind, prefs: &PrefsRow) -> anyhow::Result<Option<Numbers>> {
+    async fn numbers(
+        &mut self,
+        kind: Kind,
+        prefs: &PrefsRow,
+        fired_on: jiff::civil::Date,
+    ) -> anyhow::Result<Option<Numbers>> {
         let user = prefs.user_id;
         if kind == Kind::WeeklyDigest {
             let standing = |key: &BoardKey| {
@@ -469,8 +539,10 @@ impl<'a> Context<'a> {
                     .page(key.clone(), None, 0, Some(user))
                     .me
             };
-            let last = standing(&self.last_week);
-            let before = standing(&self.week_before);
+            // The week before the one the digest fired in (the learner's Monday, which may
+            // still be Sunday in the server's calendar), and the week before that.
+            let last = standing(&week_before(fired_on, 1)?);
+            let before = standing(&week_before(fired_on, 2)?);
             return Ok(Some(Numbers {
                 rank: last.as_ref().and_then(|s| s.rank).map(u64::from),
                 previous_rank: before.as_ref().and_then(|s| s.rank).map(u64::from),

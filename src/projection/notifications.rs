@@ -299,18 +299,31 @@ pub async fn next_due(db: &Db) -> Result<Option<i64>, sqlx::Error> {
     })
 }
 
-/// A nudge's owner, link and whether it was opened, for its tracked link.
-pub async fn link(db: &Db, id: Uuid) -> anyhow::Result<Option<(Uuid, StoredMessage, bool)>> {
+/// A nudge's owner, link, status and whether it was opened, for its tracked link.
+pub async fn link(
+    db: &Db,
+    id: Uuid,
+) -> anyhow::Result<Option<(Uuid, StoredMessage, Status, bool)>> {
     let row = with_pool!(db, pool => {
-        sqlx::query_as::<_, (Uuid, String, Option<i64>)>(
-            "SELECT user_id, message, opened_at FROM notifications WHERE notification_id = $1",
+        sqlx::query_as::<_, (Uuid, String, String, Option<i64>)>(
+            "SELECT user_id, message, status, opened_at FROM notifications \
+             WHERE notification_id = $1",
         )
         .bind(id)
         .fetch_optional(pool)
         .await?
     });
-    row.map(|(user, message, opened)| Ok((user, serde_json::from_str(&message)?, opened.is_some())))
-        .transpose()
+    row.map(|(user, message, status, opened)| {
+        let status = Status::parse(&status)
+            .ok_or_else(|| anyhow::anyhow!("unknown notification status `{status}`"))?;
+        Ok((
+            user,
+            serde_json::from_str(&message)?,
+            status,
+            opened.is_some(),
+        ))
+    })
+    .transpose()
 }
 
 /// Per kind and status, for nudges scheduled in `[from, to)` (microseconds): how many, how

@@ -26,6 +26,8 @@ crate::on_both_backends!(
 );
 crate::sqlite_only!(
     nudges_fire_in_each_learners_time_zone_and_wait_out_quiet_hours,
+    a_nudge_the_server_gets_to_late_waits_out_quiet_hours_that_began_meanwhile,
+    two_workers_at_once_never_record_a_nudge_as_sent_twice,
     a_learner_who_opts_out_before_delivery_gets_nothing,
     the_tracked_link_records_one_open_and_leads_into_the_web_client,
     a_refused_nudge_is_parked_and_listed_for_the_team,
@@ -609,9 +611,23 @@ async fn the_tracked_link_records_one_open_and_leads_into_the_web_client(db: &Te
     let receiver = Receiver::start(0.0, 4).await;
     let clock = Arc::new(ManualClock::new(at("2026-11-29T23:00:00Z")));
     let notifier = notifier(&app, &receiver, &clock, settings(&app.url("")));
-    learner(&app, prefs("Asia/Seoul", [false, false, true])).await;
+    let (user, _) = learner(&app, prefs("Asia/Seoul", [false, false, true])).await;
+    // a visit before the nudge was delivered leads on but records nothing
+    assert_eq!(notifier.schedule_due().await.unwrap(), 1);
+    let id =
+        teachback_projections::notify::notification_id(&format!("{user}:weekly_digest:2026-W49"));
+    let early = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(app.url(&format!("/n/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 303);
     notifier.run_once().await.unwrap();
     let body = receiver.received().bodies.values().next().cloned().unwrap();
+    assert_eq!(body["id"], id.to_string());
     let link = body["link"].as_str().unwrap().to_owned();
     assert!(link.starts_with(&app.url("/n/")), "{link}");
     let no_redirects = reqwest::Client::builder()
@@ -717,8 +733,7 @@ async fn the_real_server_killed_mid_batch_delivers_every_nudge_after_restart() {
     ];
     let mut server = start_with(cwd.path(), port, &env).await;
     let http = reqwest::Client::new();
-    let mut keys = HashSet::new();
-    let today = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let mut users = HashSet::new();
     for _ in 0..LEARNERS {
         let device: Value = http
             .post(format!("{}/api/v1/devices", server.base))
@@ -736,10 +751,7 @@ async fn the_real_server_killed_mid_batch_delivers_every_nudge_after_restart() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        keys.insert(format!(
-            "{}:daily_reminder:{today}",
-            device["userId"].as_str().unwrap()
-        ));
+        users.insert(device["userId"].as_str().unwrap().to_owned());
     }
     // Killed while deliveries are under way.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -765,8 +777,18 @@ async fn the_real_server_killed_mid_batch_delivers_every_nudge_after_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let accepted: HashSet<String> = receiver.received().accepted.iter().cloned().collect();
-    assert_eq!(accepted, keys);
+    // One daily reminder per learner (keyed by the UTC date, which the test does not assume).
+    let accepted: HashSet<String> = receiver
+        .received()
+        .accepted
+        .iter()
+        .map(|key| {
+            let (user, rest) = key.split_once(':').unwrap();
+            assert!(rest.starts_with("daily_reminder:"), "{key}");
+            user.to_owned()
+        })
+        .collect();
+    assert_eq!(accepted, users);
     assert_eq!(receiver.received().bad_signatures, 0);
     // Let the last outcomes be recorded, stop cleanly, and read the log.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -785,5 +807,122 @@ async fn the_real_server_killed_mid_batch_delivers_every_nudge_after_restart() {
             1,
             "{stream}: {types:?}"
         );
+    }
+}
+
+async fn a_nudge_the_server_gets_to_late_waits_out_quiet_hours_that_began_meanwhile(db: &TestDb) {
+    let app = spawn_app(db).await;
+    let receiver = Receiver::start(0.0, 8).await;
+    // given a 19:00 reminder (UTC) with quiet hours from 22:00 to 07:00, and a server that was
+    // down from before 19:00 until 23:30
+    let clock = Arc::new(ManualClock::new(at("2026-12-01T23:30:00Z")));
+    let notifier = notifier(&app, &receiver, &clock, settings(&app.url("")));
+    let mut body = prefs("UTC", [true, false, false]);
+    body["hour"] = json!(19);
+    body["quietHours"] = json!({"start": 22, "end": 7});
+    let (user, _) = learner(&app, body).await;
+    // then it is not sent in the quiet hours...
+    assert_eq!(notifier.schedule_due().await.unwrap(), 0);
+    clock.set(at("2026-12-02T06:59:00Z"));
+    assert_eq!(notifier.schedule_due().await.unwrap(), 0);
+    // ...but as they end, still within its 12-hour window
+    clock.set(at("2026-12-02T07:00:00Z"));
+    assert_eq!(notifier.schedule_due().await.unwrap(), 1);
+    notifier.deliver_due().await.unwrap();
+    assert_eq!(
+        receiver.received().accepted,
+        vec![format!("{user}:daily_reminder:2026-12-01")]
+    );
+}
+
+async fn two_workers_at_once_never_record_a_nudge_as_sent_twice(db: &TestDb) {
+    const LEARNERS: usize = 30;
+    let app = spawn_app(db).await;
+    // Slow answers widen the window in which both workers hold the same nudge.
+    let receiver = Receiver::start_with(|_| Behaviour::Slow, 9, 200).await;
+    let clock = Arc::new(ManualClock::new(at("2026-11-29T23:00:00Z")));
+    for _ in 0..LEARNERS {
+        learner(&app, prefs("Asia/Seoul", [false, false, true])).await;
+    }
+    let a = notifier(&app, &receiver, &clock, settings(&app.url("")));
+    let b = notifier(&app, &receiver, &clock, settings(&app.url("")));
+    assert_eq!(a.schedule_due().await.unwrap(), LEARNERS);
+    // when two workers (two instances) deliver at the same time
+    let (pa, pb) = tokio::join!(a.deliver_due(), b.deliver_due());
+    let (pa, pb) = (pa.unwrap(), pb.unwrap());
+    // then each nudge is recorded as sent once: the second worker's record of a nudge it also
+    // sent is refused (the stream moved on), and it does not send that nudge again this pass
+    assert_eq!(pa.sent + pb.sent, LEARNERS, "{pa:?} {pb:?}");
+    for (stream, events) in history(&app).await {
+        let sent = events
+            .iter()
+            .filter(|e| e.event_type == "NotificationSent")
+            .count();
+        assert_eq!(sent, 1, "{stream}");
+    }
+    let received = receiver.received();
+    assert_eq!(received.accepted.len(), LEARNERS);
+    // at least once: a nudge both workers held was delivered twice, and deduplicated
+    let deliveries: u32 = received.deliveries.values().sum();
+    assert!(deliveries as usize <= 2 * LEARNERS, "{deliveries}");
+}
+
+/// Gives these learners (by access token) weekly-digest preferences, then schedules and
+/// delivers their digests through a receiver that fails every first attempt, and opens the
+/// first one's link: every kind of nudge event, for tests of the read model.
+pub(crate) async fn nudged(app: &TestApp, tokens: &[&str]) {
+    let receiver = Receiver::start_with(
+        {
+            let attempts = AtomicCounter::default();
+            move |_| {
+                if attempts.next() % 2 == 0 {
+                    Behaviour::Error
+                } else {
+                    Behaviour::Accept
+                }
+            }
+        },
+        12,
+        200,
+    )
+    .await;
+    for token in tokens {
+        assert_eq!(
+            put_prefs(app, token, prefs("Asia/Seoul", [false, false, true]))
+                .await
+                .status(),
+            200
+        );
+    }
+    let clock = Arc::new(ManualClock::new(at("2026-11-29T23:00:00Z")));
+    let notifier = notifier(app, &receiver, &clock, settings(&app.url("")));
+    notifier.schedule_due().await.unwrap();
+    for _ in 0..20 {
+        notifier.deliver_due().await.unwrap();
+        clock.advance(SignedDuration::from_secs(60));
+    }
+    assert_eq!(receiver.received().accepted.len(), tokens.len());
+    let link = receiver.received().bodies.values().next().unwrap()["link"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(link)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+}
+
+/// Counts calls across threads.
+#[derive(Default)]
+struct AtomicCounter(std::sync::atomic::AtomicUsize);
+
+impl AtomicCounter {
+    fn next(&self) -> usize {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -631,6 +631,39 @@ type LectureRow = (
 );
 
 /// Every read model, as comparable text.
+/// A `notification_prefs` row.
+type PrefsDump = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<i32>,
+    Option<i32>,
+    Option<i32>,
+    String,
+    i64,
+);
+/// A `notifications` row.
+#[derive(Debug, sqlx::FromRow)]
+#[allow(dead_code)] // read through Debug
+struct NudgeDump {
+    notification_id: Uuid,
+    user_id: Uuid,
+    kind: String,
+    period: String,
+    notification_key: String,
+    channel: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    version: i64,
+    message: String,
+    scheduled_at: i64,
+    sent_at: Option<i64>,
+    opened_at: Option<i64>,
+    last_error: Option<String>,
+}
+
 async fn read_models(app: &TestApp) -> Vec<String> {
     use teachback::with_pool;
     let db = &app.state.db;
@@ -665,6 +698,27 @@ async fn read_models(app: &TestApp) -> Vec<String> {
     });
     rows.extend(devices.iter().map(|d| format!("{d:?}")));
     rows.extend(learning_dump(db).await);
+    let prefs: Vec<PrefsDump> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT user_id, kinds, channel, time_zone, hour, quiet_start, quiet_end, language, \
+             updated_at FROM notification_prefs ORDER BY user_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    rows.extend(prefs.iter().map(|p| format!("{p:?}")));
+    let nudges: Vec<NudgeDump> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT notification_id, user_id, kind, period, notification_key, channel, status, \
+             attempts, next_attempt_at, version, message, scheduled_at, sent_at, opened_at, \
+             last_error FROM notifications ORDER BY notification_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    rows.extend(nudges.iter().map(|n| format!("{n:?}")));
     rows
 }
 
@@ -702,9 +756,12 @@ async fn rebuilding_every_projection_yields_the_rows_the_live_runner_wrote(db: &
         .send()
         .await
         .unwrap();
+    // Nudges: preferences, one delivered after a failure, one sent and opened.
+    crate::notify::nudged(&app, &[&ana, &ben]).await;
     caught_up(&app).await;
     let live = read_models(&app).await;
     assert!(live.iter().any(|r| r.contains("rebuilt-ben")));
+    assert!(live.iter().any(|r| r.contains("weekly_digest")));
 
     // when every projection is rebuilt while the server runs
     for projector in app.state.projectors.iter() {
@@ -738,7 +795,8 @@ async fn rebuilding_every_projection_yields_the_rows_the_live_runner_wrote(db: &
     .await
     .unwrap();
     assert!(head > 0);
-    assert_eq!(standings.len(), 4);
+    assert_eq!(standings.len(), app.state.projectors.len());
+    assert_eq!(standings.len(), 5);
     caught_up(&app).await;
     let after = read_models(&app).await;
     for projector in app.state.projectors.iter() {

@@ -428,13 +428,19 @@ async fn projections_are_rebuilt_by_the_cli_while_the_server_keeps_serving() {
         .collect();
     assert_eq!(
         names,
-        ["users.v1", "topics.v1", "lectures.v1", "learning.v1@UTC"]
+        [
+            "users.v1",
+            "topics.v1",
+            "lectures.v1",
+            "learning.v1@UTC",
+            "notifications.v1"
+        ]
     );
     // rebuild every projection in one pass while the server runs
     let rebuilt: Value =
         serde_json::from_str(&run_cli(cwd.path(), &["projections", "rebuild", "--json"]).await)
             .unwrap();
-    assert_eq!(rebuilt.as_array().unwrap().len(), 4);
+    assert_eq!(rebuilt.as_array().unwrap().len(), 5);
     assert!(rebuilt[0]["events"].as_u64().unwrap() >= 6);
     // the server still serves the learners, old and new, from the swapped-in tables
     let learner = register().await;
