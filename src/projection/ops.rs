@@ -88,10 +88,21 @@ pub async fn rebuild_all(
     }
 
     let head = store.head().await?;
+    // Only the event types some projection reads are read at all (the rest, most of a log, is
+    // filtered out by the database). Events of types this build does not know are not read
+    // either: the projections would skip them.
+    let types: Vec<String> = teachback_events::EventKind::ALL
+        .iter()
+        .map(|k| k.type_name())
+        .filter(|t| fresh.iter().any(|(p, _)| p.reads(t)))
+        .map(str::to_owned)
+        .collect();
     let mut position = 0;
     let mut events = 0u64;
     loop {
-        let batch = store.read_all(position, REBUILD_BATCH, None).await?;
+        let batch = store
+            .read_all_of_types(position, REBUILD_BATCH, &types)
+            .await?;
         let Some(last) = batch.last().map(|e| e.position) else {
             break;
         };

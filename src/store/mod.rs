@@ -202,6 +202,32 @@ pub trait Backend: Send + Sync + 'static {
         prefix: Option<&str>,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Like [`Backend::read_all`] over the whole log, but only events of these types (the
+    /// others are not read at all). An empty batch means none is left. The default reads
+    /// everything and filters.
+    async fn read_all_of_types(
+        &self,
+        after: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = after;
+        loop {
+            let page = self.read_all(after, limit, None).await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                return Ok(out);
+            };
+            let full = page.len() == limit;
+            out.extend(page.into_iter().filter(|e| types.contains(&e.event_type)));
+            if out.len() >= limit || !full {
+                out.truncate(limit);
+                return Ok(out);
+            }
+            after = last;
+        }
+    }
+
     /// The highest committed position (0 for an empty log).
     async fn head(&self) -> Result<u64, StoreError>;
 }
@@ -381,6 +407,17 @@ impl EventStore {
         prefix: Option<&str>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.backend.read_all(after, limit, prefix).await
+    }
+
+    /// Events of these types only, after `after`, in global order: a rebuild reads only what
+    /// its projections read (most of a log is audio segments and streamed feedback).
+    pub async fn read_all_of_types(
+        &self,
+        after: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.backend.read_all_of_types(after, limit, types).await
     }
 
     /// The highest committed position, read from the database.

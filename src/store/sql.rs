@@ -120,6 +120,30 @@ impl Backend for SqlBackend {
         row::into_recorded(rows)
     }
 
+    async fn read_all_of_types(
+        &self,
+        after: u64,
+        limit: usize,
+        types: &[String],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<EventRow> = with_pool!(&self.db, pool => {
+            let mut query = sqlx::QueryBuilder::new(format!(
+                "SELECT {COLUMNS} FROM events WHERE position > "
+            ));
+            query.push_bind(to_db(after)).push(" AND event_type IN (");
+            let mut list = query.separated(", ");
+            for t in types {
+                list.push_bind(t.as_str());
+            }
+            query.push(") ORDER BY position LIMIT ").push_bind(to_db(limit as u64));
+            query.build_query_as().fetch_all(pool).await?
+        });
+        row::into_recorded(rows)
+    }
+
     async fn head(&self) -> Result<u64, StoreError> {
         let head: i64 = with_pool!(&self.db, pool => {
             sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
