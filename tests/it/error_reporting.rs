@@ -144,14 +144,7 @@ async fn a_lecture_that_cannot_be_transcribed_is_reported_without_secrets() {
     )
     .await;
     let http = reqwest::Client::new();
-    let device: Value = http
-        .post(format!("{}/api/v1/devices", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device = server.register().await;
     let token = device["accessToken"].as_str().unwrap();
     let created: Value = http
         .post(format!("{}/api/v1/lectures", server.base))

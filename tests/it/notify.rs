@@ -657,16 +657,12 @@ async fn the_tracked_link_records_one_open_and_leads_into_the_web_client(db: &Te
         .notifications
         .wait_for(opened[0].position, Duration::from_secs(5))
         .await;
-    let report: Value = app
-        .http
-        .get(app.url("/api/v1/admin/analytics?from=2026-11-01&to=2026-12-31"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = app
+        .get_json(
+            "/api/v1/admin/analytics?from=2026-11-01&to=2026-12-31",
+            Some(ADMIN),
+        )
+        .await;
     let digest = &report["nudges"]["kinds"][0];
     assert_eq!(digest["kind"], "weekly_digest");
     assert_eq!(
@@ -689,16 +685,9 @@ async fn a_refused_nudge_is_parked_and_listed_for_the_team(db: &TestDb) {
     let (user, _) = learner(&app, prefs("Asia/Seoul", [false, false, true])).await;
     let pass = notifier.run_once().await.unwrap();
     assert_eq!((pass.scheduled, pass.sent, pass.parked), (1, 0, 1));
-    let parked: Value = app
-        .http
-        .get(app.url("/api/v1/admin/notifications/parked"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let parked = app
+        .get_json("/api/v1/admin/notifications/parked", Some(ADMIN))
+        .await;
     let list = parked["parked"].as_array().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["userId"], user.as_str());
@@ -735,14 +724,7 @@ async fn the_real_server_killed_mid_batch_delivers_every_nudge_after_restart() {
     let http = reqwest::Client::new();
     let mut users = HashSet::new();
     for _ in 0..LEARNERS {
-        let device: Value = http
-            .post(format!("{}/api/v1/devices", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let device = server.register().await;
         let r = http
             .put(format!("{}/api/v1/me/notifications", server.base))
             .bearer_auth(device["accessToken"].as_str().unwrap())

@@ -41,6 +41,19 @@ pub(crate) struct Server {
     pub(crate) base: String,
 }
 
+impl Server {
+    /// Registers a device; the credentials body.
+    pub(crate) async fn register(&self) -> Value {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/devices", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+}
+
 async fn start(cwd: &Path, port: u16) -> Server {
     start_with(cwd, port, &[]).await
 }
@@ -211,14 +224,7 @@ async fn sigterm_ends_open_event_streams_and_exits_promptly() {
     let cwd = tempfile::tempdir().unwrap();
     let mut server = start(cwd.path(), free_port()).await;
     let http = reqwest::Client::new();
-    let device: Value = http
-        .post(format!("{}/api/v1/devices", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device = server.register().await;
     let token = device["accessToken"].as_str().unwrap();
     let lecture: Value = http
         .post(format!("{}/api/v1/lectures", server.base))
@@ -370,14 +376,7 @@ async fn events_tail_prints_the_log_in_order_from_a_position_and_follows() {
         follower.stdout.take().unwrap(),
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let created: Value = http
-        .post(format!("{}/api/v1/devices", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = server.register().await;
     let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await
         .unwrap()
