@@ -164,6 +164,28 @@ const STRINGS = {
     'me.renameLabel': 'Name shown in rankings',
     'me.renameSubmit': 'Save',
     'me.renamed': 'Name saved.',
+    'nudges.title': 'Study reminders',
+    'nudges.intro': 'Choose the nudges that help you keep teaching.',
+    'nudges.daily': 'Daily reminder',
+    'nudges.dailyHint': 'A topic to teach each evening, unless you already finished a lecture that day.',
+    'nudges.streak': 'Streak warning',
+    'nudges.streakHint': 'A warning in the evening when your streak ends unless you teach today.',
+    'nudges.weekly': 'Weekly ranking digest',
+    'nudges.weeklyHint': 'Every Monday morning: your rank and points of the week before.',
+    'nudges.timeZone': 'Time zone',
+    'nudges.hour': 'Time of the daily reminder',
+    'nudges.hourDefault': 'Default (set by the server)',
+    'nudges.quiet': 'Quiet hours',
+    'nudges.quietEnable': 'Hold reminders back during these hours',
+    'nudges.quietStart': 'From',
+    'nudges.quietEnd': 'Until',
+    'nudges.language': 'Language of the reminders',
+    'nudges.save': 'Save reminders',
+    'nudges.saved': 'Reminder settings saved.',
+    'nudges.off': 'This server does not send reminders yet. Your preferences are still saved.',
+    'nudges.quietSame': 'Quiet hours must start and end at different hours.',
+    'nudges.timeZoneEmpty': 'Choose a time zone.',
+    'nudges.loadFailed': 'Your reminder settings could not be loaded: {message}',
     'me.colGraded': 'Graded',
     'me.colAverage': 'Average',
     'me.colBest': 'Best',
@@ -393,6 +415,28 @@ const STRINGS = {
     'me.renameLabel': '랭킹에 보이는 이름',
     'me.renameSubmit': '저장',
     'me.renamed': '이름을 저장했습니다.',
+    'nudges.title': '학습 알림',
+    'nudges.intro': '꾸준히 가르치며 공부하도록 도와줄 알림을 고르세요.',
+    'nudges.daily': '매일 알림',
+    'nudges.dailyHint': '그날 아직 강의를 마치지 않았다면 저녁에 가르칠 주제를 알려 드립니다.',
+    'nudges.streak': '연속 학습 경고',
+    'nudges.streakHint': '오늘 가르치지 않으면 연속 학습이 끊길 때 저녁에 알려 드립니다.',
+    'nudges.weekly': '주간 랭킹 요약',
+    'nudges.weeklyHint': '매주 월요일 아침, 지난주 순위와 점수를 알려 드립니다.',
+    'nudges.timeZone': '시간대',
+    'nudges.hour': '매일 알림 시각',
+    'nudges.hourDefault': '기본값 (서버 설정 시각)',
+    'nudges.quiet': '방해 금지 시간',
+    'nudges.quietEnable': '이 시간에는 알림을 미루기',
+    'nudges.quietStart': '시작',
+    'nudges.quietEnd': '종료',
+    'nudges.language': '알림 언어',
+    'nudges.save': '알림 설정 저장',
+    'nudges.saved': '알림 설정을 저장했습니다.',
+    'nudges.off': '이 서버는 아직 알림을 보내지 않습니다. 설정은 그대로 저장됩니다.',
+    'nudges.quietSame': '방해 금지 시간의 시작과 종료 시각은 달라야 합니다.',
+    'nudges.timeZoneEmpty': '시간대를 고르세요.',
+    'nudges.loadFailed': '알림 설정을 불러오지 못했습니다: {message}',
     'me.colGraded': '채점',
     'me.colAverage': '평균',
     'me.colBest': '최고',
@@ -1817,6 +1861,11 @@ async function watchView(ctx, lectureId) {
 
 async function meView(ctx) {
   app.append(loading());
+  // Fetched alongside, but its failure stays inside the reminders section.
+  const prefs = api('/api/v1/me/notifications', { signal: ctx.signal }).then(
+    (value) => ({ value }),
+    (error) => ({ error }),
+  );
   const [stats, page, index] = await Promise.all([
     api('/api/v1/me/stats', { signal: ctx.signal }),
     api('/api/v1/me/lectures?limit=10', { signal: ctx.signal }),
@@ -1826,6 +1875,7 @@ async function meView(ctx) {
   app.replaceChildren(
     h('h1', { i18n: 'me.title' }),
     renameForm(stats.name),
+    nudgesSection(ctx, prefs, stats.timeZone),
     statTiles(stats),
     section('me.trend', trendChart(stats.trend)),
     section('me.subjects', subjectTable(stats.subjects, index)),
@@ -1960,6 +2010,224 @@ function renameForm(name) {
       setText(done, 'me.renamed');
     } catch (err) {
       error.textContent = errorMessage(err);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  return form;
+}
+
+// ---- Study reminders (GET/PUT /api/v1/me/notifications) ----------------------------------------
+
+const HOURS = Array.from({ length: 24 }, (_, hour) => hour);
+
+function fmtHour(hour) {
+  return `${String(hour).padStart(2, '0')}:00`;
+}
+
+function hourOptions() {
+  return HOURS.map((hour) => h('option', { value: String(hour), text: fmtHour(hour) }));
+}
+
+function browserTimeZone() {
+  try {
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || null;
+  } catch {
+    return null;
+  }
+}
+
+/** The IANA zones the browser knows (sorted), plus `extra` ones it does not list. */
+function timeZoneNames(extra) {
+  let zones = [];
+  try {
+    if (typeof Intl.supportedValuesOf === 'function') zones = Intl.supportedValuesOf('timeZone');
+  } catch {
+    zones = [];
+  }
+  const all = new Set(zones);
+  for (const zone of extra) if (zone) all.add(zone);
+  return [...all].sort();
+}
+
+/**
+ * The "Study reminders" card: loads the preferences from `prefsPromise` ({value} or {error})
+ * and renders the form, or the error with a retry. `serverZone` is the server's time zone (the
+ * default a learner who never saved gets).
+ */
+function nudgesSection(ctx, prefsPromise, serverZone) {
+  const body = h('div', {}, loading());
+  const card = h(
+    'section',
+    { class: 'card nudges', testid: 'nudges', 'aria-labelledby': 'nudges-title' },
+    h('h2', { id: 'nudges-title', i18n: 'nudges.title' }),
+    h('p', { class: 'muted small', i18n: 'nudges.intro' }),
+    body,
+  );
+  const show = async (promise) => {
+    const { value, error } = await promise;
+    if (!ctx.alive()) return;
+    if (error) {
+      if (error.name === 'AbortError') return;
+      body.replaceChildren(
+        h('p', { class: 'error-state', testid: 'nudges-error', role: 'alert', i18n: 'nudges.loadFailed', args: { message: { err: error.code, message: error.message } } }),
+        h('button', {
+          type: 'button', class: 'button', i18n: 'common.retry',
+          onclick: () => {
+            body.replaceChildren(loading());
+            show(api('/api/v1/me/notifications', { signal: ctx.signal }).then((v) => ({ value: v }), (e) => ({ error: e })));
+          },
+        }),
+      );
+      return;
+    }
+    body.replaceChildren(nudgesForm(value, serverZone));
+  };
+  show(prefsPromise);
+  return card;
+}
+
+function nudgesForm(prefs, serverZone) {
+  const neverSaved =
+    !prefs.dailyReminder && !prefs.streakWarning && !prefs.weeklyDigest &&
+    (serverZone == null || prefs.timeZone === serverZone);
+  const zone = (neverSaved && browserTimeZone()) || prefs.timeZone;
+  let channel = prefs.channel || (prefs.channels && prefs.channels[0]) || 'webhook';
+
+  const kind = (testid, key) => {
+    const id = `nudge-${testid}`;
+    const box = h('input', { type: 'checkbox', id, testid: `nudge-${testid}`, 'aria-describedby': `${id}-hint` });
+    const row = h(
+      'div',
+      { class: 'nudge-kind' },
+      h('label', { class: 'check' }, box, h('span', { i18n: `nudges.${key}` })),
+      h('p', { id: `${id}-hint`, class: 'muted small nudge-hint', i18n: `nudges.${key}Hint` }),
+    );
+    return [box, row];
+  };
+  const [daily, dailyRow] = kind('daily', 'daily');
+  const [streak, streakRow] = kind('streak', 'streak');
+  const [weekly, weeklyRow] = kind('weekly', 'weekly');
+
+  const timeZone = h(
+    'select',
+    { id: 'nudge-timezone', testid: 'nudge-timezone', autocomplete: 'off' },
+    timeZoneNames([zone, prefs.timeZone, serverZone]).map((name) => h('option', { value: name, text: name })),
+  );
+  const hour = h(
+    'select',
+    { id: 'nudge-hour', testid: 'nudge-hour' },
+    h('option', { value: '', i18n: 'nudges.hourDefault' }),
+    hourOptions(),
+  );
+  const quiet = h('input', { type: 'checkbox', id: 'nudge-quiet', testid: 'nudge-quiet' });
+  const quietStart = h('select', { id: 'nudge-quiet-start', testid: 'nudge-quiet-start' }, hourOptions());
+  const quietEnd = h('select', { id: 'nudge-quiet-end', testid: 'nudge-quiet-end' }, hourOptions());
+  const language = h(
+    'select',
+    { id: 'nudge-language', testid: 'nudge-language' },
+    ['ko', 'en'].map((code) => h('option', { value: code, i18n: `lang.${code}` })),
+  );
+  const error = h('p', { id: 'nudges-error', class: 'field-error', testid: 'nudges-error', role: 'alert', hidden: true });
+  const saved = h('p', { class: 'muted small', testid: 'nudges-saved', role: 'status', hidden: true, i18n: 'nudges.saved' });
+  const off = h('p', { class: 'notice', testid: 'nudges-off', role: 'note', hidden: true, i18n: 'nudges.off' });
+  const submit = h('button', { type: 'submit', class: 'button primary', testid: 'nudges-save', i18n: 'nudges.save' });
+
+  const syncQuiet = () => {
+    quietStart.disabled = !quiet.checked;
+    quietEnd.disabled = !quiet.checked;
+  };
+  quiet.addEventListener('change', syncQuiet);
+
+  // Shows `p` in the controls; `timeZoneValue` and `languageValue` override the stored ones.
+  function fill(p, timeZoneValue, languageValue) {
+    daily.checked = !!p.dailyReminder;
+    streak.checked = !!p.streakWarning;
+    weekly.checked = !!p.weeklyDigest;
+    timeZone.value = timeZoneValue || '';
+    if (timeZoneValue && timeZone.value !== timeZoneValue) {
+      // A zone the list lacks (a stored alias, say): add it rather than lose it.
+      timeZone.append(h('option', { value: timeZoneValue, text: timeZoneValue }));
+      timeZone.value = timeZoneValue;
+    }
+    hour.value = p.hour == null ? '' : String(p.hour);
+    quiet.checked = p.quietHours != null;
+    quietStart.value = String(p.quietHours ? p.quietHours.start : 22);
+    quietEnd.value = String(p.quietHours ? p.quietHours.end : 7);
+    language.value = languageValue === 'en' ? 'en' : 'ko';
+    channel = p.channel || channel;
+    off.hidden = p.delivery !== false;
+    syncQuiet();
+  }
+  fill(prefs, zone, neverSaved ? lang : prefs.language);
+
+  const fail = (message) => {
+    error.textContent = message;
+    error.hidden = false;
+  };
+
+  const form = h(
+    'form',
+    { class: 'nudges-form', novalidate: true },
+    off,
+    h('div', { class: 'nudge-kinds', role: 'group', 'aria-labelledby': 'nudges-title' }, dailyRow, streakRow, weeklyRow),
+    h(
+      'div',
+      { class: 'filters' },
+      h('div', { class: 'field' }, h('label', { for: 'nudge-timezone', i18n: 'nudges.timeZone' }), timeZone),
+      h('div', { class: 'field' }, h('label', { for: 'nudge-hour', i18n: 'nudges.hour' }), hour),
+      h('div', { class: 'field' }, h('label', { for: 'nudge-language', i18n: 'nudges.language' }), language),
+    ),
+    h(
+      'fieldset',
+      { class: 'nudge-quiet' },
+      h('legend', { i18n: 'nudges.quiet' }),
+      h('label', { class: 'check' }, quiet, h('span', { i18n: 'nudges.quietEnable' })),
+      h(
+        'div',
+        { class: 'filters' },
+        h('div', { class: 'field' }, h('label', { for: 'nudge-quiet-start', i18n: 'nudges.quietStart' }), quietStart),
+        h('div', { class: 'field' }, h('label', { for: 'nudge-quiet-end', i18n: 'nudges.quietEnd' }), quietEnd),
+      ),
+    ),
+    h('div', { class: 'actions' }, submit),
+    error,
+    saved,
+  );
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    error.textContent = '';
+    saved.hidden = true;
+    if (!timeZone.value) {
+      fail(t('nudges.timeZoneEmpty'));
+      timeZone.focus();
+      return;
+    }
+    if (quiet.checked && quietStart.value === quietEnd.value) {
+      fail(t('nudges.quietSame'));
+      quietEnd.focus();
+      return;
+    }
+    const body = {
+      dailyReminder: daily.checked,
+      streakWarning: streak.checked,
+      weeklyDigest: weekly.checked,
+      channel,
+      timeZone: timeZone.value,
+      hour: hour.value === '' ? null : Number(hour.value),
+      quietHours: quiet.checked ? { start: Number(quietStart.value), end: Number(quietEnd.value) } : null,
+      language: language.value,
+    };
+    submit.disabled = true;
+    try {
+      const next = await api('/api/v1/me/notifications', { method: 'PUT', body });
+      fill(next, next.timeZone, next.language);
+      saved.hidden = false;
+    } catch (err) {
+      // invalid_preferences has no dictionary entry: the server's message, naming the field.
+      fail(errorMessage(err));
     } finally {
       submit.disabled = false;
     }

@@ -227,6 +227,23 @@ try {
   await page.locator(id('rename-error')).filter({ hasText: /\w/ }).waitFor();
   await shot(page, '06-user-page');
 
+  step('study reminders: opt in to the weekly digest with quiet hours');
+  await page.locator(id('nudges')).waitFor();
+  await page.locator(id('nudges-off')).waitFor(); // this server has no delivery channel
+  await page.check(id('nudge-weekly'));
+  await page.check(id('nudge-quiet'));
+  await page.selectOption(id('nudge-quiet-start'), '22');
+  await page.selectOption(id('nudge-quiet-end'), '7');
+  await page.selectOption(id('nudge-timezone'), 'Asia/Seoul');
+  await page.locator(id('nudges-save')).click();
+  await page.locator(id('nudges-saved')).waitFor();
+  const nudges = (await api(page, '/api/v1/me/notifications')).body;
+  assert.equal(nudges.weeklyDigest, true);
+  assert.equal(nudges.dailyReminder, false);
+  assert.equal(nudges.timeZone, 'Asia/Seoul');
+  assert.deepEqual(nudges.quietHours, { start: 22, end: 7 });
+  await page.locator(id('nudges')).screenshot({ path: path.join(SHOTS, '06b-study-reminders.png') });
+
   step('another learner watches the shared lecture');
   const viewer = await browser.newContext({ viewport: { width: 420, height: 900 }, locale: 'en-US' });
   const watch = await viewer.newPage();
