@@ -623,18 +623,39 @@ async fn append_after(
     meta: teachback_events::Metadata,
     conflict: impl FnOnce() -> ApiError,
 ) -> Result<u64> {
-    let appended = state
-        .store
-        .append_to_stream(
-            &streams::lecture(lecture.id()),
-            ExpectedVersion::Exact(lecture.version),
-            vec![NewEvent::from_event(event, meta)],
-        )
-        .await
-        .map_err(|e| match e {
-            AppendError::WrongExpectedVersion { .. } => conflict(),
-            other => other.into(),
-        })?;
+    let stream = streams::lecture(lecture.id());
+    let new = NewEvent::from_event(event, meta);
+    let mut expected = lecture.version;
+    // The pipeline may record processing (a transcript of the segment just uploaded) between
+    // the read and this append. Those events do not change what was decided from the
+    // recording's state, so they are stepped over; anything else is a real conflict.
+    let mut attempts = 0;
+    let appended = loop {
+        match state
+            .store
+            .append_to_stream(&stream, ExpectedVersion::Exact(expected), vec![new.clone()])
+            .await
+        {
+            Ok(appended) => break appended,
+            Err(AppendError::WrongExpectedVersion { .. }) if attempts < 5 => {
+                attempts += 1;
+                let processing_only = |e: &teachback_events::RecordedEvent| {
+                    teachback_events::EventKind::from_type_name(&e.event_type)
+                        .is_some_and(|k| k.is_processing())
+                };
+                match state
+                    .store
+                    .version_if_only(&stream, expected, processing_only)
+                    .await?
+                {
+                    Some(version) => expected = version,
+                    None => return Err(conflict()),
+                }
+            }
+            Err(AppendError::WrongExpectedVersion { .. }) => return Err(conflict()),
+            Err(other) => return Err(other.into()),
+        }
+    };
     // Observers following the lecture here get the frame; a stored recording can be
     // transcribed, a finished lecture graded.
     if let Some(frame) = protocol::event_message(event, appended.version) {
