@@ -87,6 +87,12 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// Whether this event records a lecture's processing (transcripts, grades, ratings) rather
+    /// than its recording: what a recording writer may step over after a conflict.
+    pub fn is_processing(&self) -> bool {
+        crate::EventKind::from_type_name(&self.event_type).is_some_and(|k| k.is_processing())
+    }
+
     /// Decodes the payload into the current shape of its domain event, upcasting older versions.
     pub fn decode(&self) -> Result<Event, DecodeError> {
         Event::decode(&self.event_type, self.schema_version, self.payload.clone())

@@ -639,13 +639,13 @@ async fn append_after(
             Ok(appended) => break appended,
             Err(AppendError::WrongExpectedVersion { .. }) if attempts < 5 => {
                 attempts += 1;
-                let processing_only = |e: &teachback_events::RecordedEvent| {
-                    teachback_events::EventKind::from_type_name(&e.event_type)
-                        .is_some_and(|k| k.is_processing())
-                };
                 match state
                     .store
-                    .version_if_only(&stream, expected, processing_only)
+                    .version_if_only(
+                        &stream,
+                        expected,
+                        teachback_events::RecordedEvent::is_processing,
+                    )
                     .await?
                 {
                     Some(version) => expected = version,

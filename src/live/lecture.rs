@@ -621,10 +621,11 @@ impl Actor {
         let stepped = self
             .live
             .store
-            .version_if_only(&streams::lecture(self.id()), self.version, |e| {
-                teachback_events::EventKind::from_type_name(&e.event_type)
-                    .is_some_and(|k| k.is_processing())
-            })
+            .version_if_only(
+                &streams::lecture(self.id()),
+                self.version,
+                teachback_events::RecordedEvent::is_processing,
+            )
             .await;
         match stepped {
             Ok(Some(version)) => {

@@ -133,30 +133,25 @@ async fn every_route_answers_each_caller_as_the_matrix_says(db: &TestDb) {
     let other = app.register().await;
     let token = owner["accessToken"].as_str().unwrap().to_owned();
     // A typed lecture, graded by the rubric grader, and an uploaded recording with one segment.
-    let text: Value = app
-        .http
-        .post(app.url("/api/v1/lectures"))
-        .bearer_auth(&token)
-        .json(&json!({"topicId": "cs.networking.dns", "language": "en",
-                      "text": "DNS resolves names through resolvers, root, TLD and authoritative servers."}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let text = app
+        .post_json(
+            "/api/v1/lectures",
+            &token,
+            Some(json!({
+                "topicId": "cs.networking.dns",
+                "language": "en",
+                "text": "DNS resolves names through resolvers, root, TLD and authoritative servers."
+            })),
+        )
+        .await;
     let text_id = text["lectureId"].as_str().unwrap().to_owned();
-    let created: Value = app
-        .http
-        .post(app.url("/api/v1/lectures"))
-        .bearer_auth(&token)
-        .json(&json!({"topicId": "cs.networking.tcp-vs-udp", "format": "wav", "language": "en"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = app
+        .post_json(
+            "/api/v1/lectures",
+            &token,
+            Some(json!({"topicId": "cs.networking.tcp-vs-udp", "format": "wav", "language": "en"})),
+        )
+        .await;
     let audio_id = created["lectureId"].as_str().unwrap().to_owned();
     let upload = created["uploadUrl"].as_str().unwrap();
     let upload = app.url(&upload[upload.find("/api/").unwrap()..]);
@@ -191,16 +186,9 @@ async fn every_route_answers_each_caller_as_the_matrix_says(db: &TestDb) {
     let share = |id: String| {
         let (app, token) = (&app, token.clone());
         async move {
-            let r: Value = app
-                .http
-                .post(app.url(&format!("/api/v1/lectures/{id}/share")))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = app
+                .post_json(&format!("/api/v1/lectures/{id}/share"), &token, None)
+                .await;
             r["token"].as_str().unwrap().to_owned()
         }
     };

@@ -228,6 +228,20 @@ impl TestApp {
         request.send().await.unwrap().json().await.unwrap()
     }
 
+    /// POSTs `body` (when given) to `path` with a bearer token and parses the JSON answer.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut request = self.http.post(self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     /// Registers a device and returns the credentials body.
     pub async fn register(&self) -> serde_json::Value {
         let response = self
