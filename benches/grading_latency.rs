@@ -1013,6 +1013,11 @@ async fn run(args: Args, fakes: &Fakes) -> ExitCode {
         .expect("a port");
     let addr = listener.local_addr().expect("an address");
     let mut config = teachback::config::Config::defaults();
+    // A benchmark drives the server from one address: no rate limits or quotas in the way.
+    config.rate_limits = "off".into();
+    config.quota_lectures_per_day = 0;
+    config.quota_audio_minutes_per_day = 0;
+    config.quota_llm_tokens_per_day = 0;
     config.addr = addr;
     config.data_dir = data.path().to_path_buf();
     config.database_url = None;

@@ -107,6 +107,11 @@ async fn main() {
         .tempdir_in(std::env::current_dir().unwrap())
         .unwrap();
     let mut config = teachback::config::Config::defaults();
+    // A benchmark drives the server from one address: no rate limits or quotas in the way.
+    config.rate_limits = "off".into();
+    config.quota_lectures_per_day = 0;
+    config.quota_audio_minutes_per_day = 0;
+    config.quota_llm_tokens_per_day = 0;
     config.data_dir = dir.path().to_path_buf();
     let app = teachback::app::App::build(&config).await.unwrap();
     let state = app.state.clone();

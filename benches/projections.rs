@@ -337,6 +337,11 @@ fn ms(d: Duration) -> f64 {
 
 async fn start_app(dir: &std::path::Path) -> teachback::app::App {
     let mut config = teachback::config::Config::defaults();
+    // A benchmark drives the server from one address: no rate limits or quotas in the way.
+    config.rate_limits = "off".into();
+    config.quota_lectures_per_day = 0;
+    config.quota_audio_minutes_per_day = 0;
+    config.quota_llm_tokens_per_day = 0;
     config.data_dir = dir.to_path_buf();
     teachback::app::App::build(&config).await.unwrap()
 }

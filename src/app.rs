@@ -25,6 +25,7 @@ use crate::pipeline::{Pipeline, PipelineSettings, Providers, SttLanguage};
 use crate::projection::learning::LearningProjector;
 use crate::projection::lectures::{LecturesProjector, unfinished_lectures};
 use crate::projection::notifications::NotificationsProjector;
+use crate::projection::usage::UsageProjector;
 use crate::projection::{
     self, ProjectionStatus, Projector, topics::TopicsProjector, users::UsersProjector,
 };
@@ -49,6 +50,7 @@ pub fn projectors(tz: &jiff::tz::TimeZone) -> Vec<Arc<dyn Projector>> {
         Arc::new(LecturesProjector::default()),
         Arc::new(LearningProjector::new(tz.clone())),
         Arc::new(NotificationsProjector::default()),
+        Arc::new(UsageProjector::new(tz.clone())),
     ]
 }
 
@@ -80,6 +82,19 @@ impl App {
         db: Db,
         blobs: Arc<dyn BlobStore>,
     ) -> anyhow::Result<App> {
+        Self::from_parts_with_clock(config, db, blobs, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`App::from_parts`], with the clock quotas and nudges read "today" from (tests move
+    /// it).
+    pub async fn from_parts_with_clock(
+        config: &Config,
+        db: Db,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn crate::notify::clock::Clock>,
+    ) -> anyhow::Result<App> {
+        let rate_rules = config.rate_rules()?;
+        let quota_settings = config.quota_settings()?;
         create_data_dir(&config.data_dir)?;
         crate::metrics::recorder();
         db.migrate().await?;
@@ -95,10 +110,22 @@ impl App {
         for projector in &projectors {
             statuses.push(projection::spawn(db.clone(), store.clone(), projector.clone()).await?);
         }
-        let [users, topics, lectures, learning, notifications]: [ProjectionStatus; 5] = statuses
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("five projections"))?;
-        let rankings = Rankings::start(db.clone(), tz, learning.clone()).await?;
+        let [users, topics, lectures, learning, notifications, usage]: [ProjectionStatus; 6] =
+            statuses
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("six projections"))?;
+        let rankings = Rankings::start(db.clone(), tz.clone(), learning.clone()).await?;
+        let prices = Prices {
+            prompt_per_mtok: config.price_prompt_per_mtok,
+            completion_per_mtok: config.price_completion_per_mtok,
+            stt_per_minute: config.price_stt_per_minute,
+        };
+        let quotas =
+            crate::usage::Quotas::new(db.clone(), quota_settings, prices, tz, clock.clone());
+        quotas.spawn_gauges();
+        let limits = crate::limits::RateLimiter::new(rate_rules, &db);
+        limits.spawn_sweeper();
+        tracing::info!(rate_limits = %limits.rules().describe(), shared = limits.shared(), "rate limits");
         let published = catalog::publish(&store, catalog::starter())
             .await
             .context("publishing the starter catalogue")?;
@@ -117,6 +144,7 @@ impl App {
             providers(config)?,
             pipeline_settings(config)?,
         );
+        pipeline.guard_spending(quotas.clone());
         let live = Live::new(
             store.clone(),
             blobs.clone(),
@@ -135,7 +163,7 @@ impl App {
             resumed,
             "pipeline ready"
         );
-        let notifier = notifier(config, &db, &store, &rankings, &notifications)?;
+        let notifier = notifier(config, &db, &store, &rankings, &notifications, clock)?;
         if let Some(notifier) = &notifier {
             notifier.spawn();
             tracing::info!(channels = ?notifier.channels(), "study nudges on");
@@ -164,11 +192,11 @@ impl App {
                 notifier,
                 projectors: Arc::new(projectors),
                 rankings,
-                prices: Prices {
-                    prompt_per_mtok: config.price_prompt_per_mtok,
-                    completion_per_mtok: config.price_completion_per_mtok,
-                    stt_per_minute: config.price_stt_per_minute,
-                },
+                prices,
+                usage,
+                limits,
+                trusted_proxies: config.trusted_proxies,
+                quotas,
                 public_url: config.public_url().into(),
                 upload_url_ttl: Duration::from_secs(config.upload_url_ttl_secs),
                 max_recording_bytes: config.max_recording_bytes,
@@ -200,6 +228,7 @@ impl App {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         });
+        let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
@@ -270,6 +299,7 @@ pub fn notifier(
     store: &EventStore,
     rankings: &Rankings,
     outbox: &ProjectionStatus,
+    clock: Arc<dyn crate::notify::clock::Clock>,
 ) -> anyhow::Result<Option<Notifier>> {
     let Some(url) = &config.notify_webhook_url else {
         return Ok(None);
@@ -315,7 +345,7 @@ pub fn notifier(
         outbox.clone(),
         vec![Arc::new(webhook)],
         settings,
-        Arc::new(SystemClock),
+        clock,
     )))
 }
 

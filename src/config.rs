@@ -261,6 +261,50 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_NOTIFY_CONCURRENCY", default_value_t = 64)]
     pub notify_concurrency: usize,
 
+    /// Rate limits, per client address (`ip`) and per learner: the defaults overridden item by
+    /// item, like `devices.ip=20/h,lectures.learner=off`; `only:…` for just the items given;
+    /// `off` for none. Actions: devices, refresh, lectures, text, uploads, sockets, and
+    /// `messages.connection` (WebSocket messages; over the rate a connection is read slower).
+    /// Periods: s, min, h, d (`600/10min`). See docs/security.md for the defaults.
+    #[arg(long, env = "TEACHBACK_RATE_LIMITS", default_value = "")]
+    pub rate_limits: String,
+
+    /// How many reverse proxies in front of the server append to `X-Forwarded-For` (their
+    /// client address is what rate limits count). 0: the TCP peer is the client.
+    #[arg(long, env = "TEACHBACK_TRUSTED_PROXIES", default_value_t = 0)]
+    pub trusted_proxies: usize,
+
+    /// Lectures a learner may start a day (0: unlimited).
+    #[arg(long, env = "TEACHBACK_QUOTA_LECTURES_PER_DAY", default_value_t = 50)]
+    pub quota_lectures_per_day: u64,
+
+    /// Minutes of lecture audio a learner may record a day (0: unlimited).
+    #[arg(
+        long,
+        env = "TEACHBACK_QUOTA_AUDIO_MINUTES_PER_DAY",
+        default_value_t = 120
+    )]
+    pub quota_audio_minutes_per_day: u64,
+
+    /// Grading-model tokens (prompt and completion) a learner's grades may use a day
+    /// (0: unlimited).
+    #[arg(
+        long,
+        env = "TEACHBACK_QUOTA_LLM_TOKENS_PER_DAY",
+        default_value_t = 200_000
+    )]
+    pub quota_llm_tokens_per_day: u64,
+
+    /// The day's budget for provider spend, US dollars (priced with the TEACHBACK_PRICE_*
+    /// settings). Unset: no spending guard.
+    #[arg(long, env = "TEACHBACK_DAILY_BUDGET_USD")]
+    pub daily_budget_usd: Option<f64>,
+
+    /// The share of the daily budget, in percent, from which new grades come from the rubric
+    /// grader instead of the paid model.
+    #[arg(long, env = "TEACHBACK_BUDGET_GUARD_PERCENT", default_value_t = 90.0)]
+    pub budget_guard_percent: f64,
+
     /// Report errors (error-level log events, with the warnings and information before them as
     /// breadcrumbs) and panics to Sentry at this DSN. Unset: nothing is reported.
     #[arg(long, env = "SENTRY_DSN", value_parser = secret, hide_env_values = true)]
@@ -324,6 +368,36 @@ impl Config {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.addr),
         }
+    }
+
+    /// The rate limits, parsed.
+    pub fn rate_rules(&self) -> anyhow::Result<crate::limits::Rules> {
+        self.rate_limits
+            .parse()
+            .map_err(|e| anyhow::anyhow!("TEACHBACK_RATE_LIMITS: {e}"))
+    }
+
+    /// The daily quotas and the spending guard.
+    pub fn quota_settings(&self) -> anyhow::Result<crate::usage::QuotaSettings> {
+        let some = |n: u64| (n > 0).then_some(n);
+        if let Some(budget) = self.daily_budget_usd
+            && !(budget.is_finite() && budget >= 0.0)
+        {
+            anyhow::bail!("TEACHBACK_DAILY_BUDGET_USD must be a non-negative amount, not {budget}");
+        }
+        if !(self.budget_guard_percent > 0.0 && self.budget_guard_percent <= 100.0) {
+            anyhow::bail!(
+                "TEACHBACK_BUDGET_GUARD_PERCENT must be above 0 and at most 100, not {}",
+                self.budget_guard_percent
+            );
+        }
+        Ok(crate::usage::QuotaSettings {
+            lectures_per_day: some(self.quota_lectures_per_day),
+            audio_minutes_per_day: some(self.quota_audio_minutes_per_day),
+            llm_tokens_per_day: some(self.quota_llm_tokens_per_day),
+            daily_budget_usd: self.daily_budget_usd,
+            guard_at: self.budget_guard_percent / 100.0,
+        })
     }
 
     /// The speech-to-text key: `TEACHBACK_STT_API_KEY`, else `OPENAI_API_KEY`.

@@ -16,6 +16,8 @@
 //! - [`pipeline`]: transcription while the learner talks, then grading, streamed to the learner.
 //! - [`rankings`]: the in-memory ranking boards, following the learning read model.
 //! - [`analytics`]: the team's numbers, from the learning read model.
+//! - [`limits`]: rate limits per client address and learner (shared through PostgreSQL).
+//! - [`usage`]: daily quotas per learner and the spending guard, from the usage read model.
 //! - [`http`]: the HTTP API: routes, errors, extractors.
 //! - [`app`]: wiring it all together, serving until shutdown.
 //! - [`cli`]: the `teachback` command line.
@@ -31,6 +33,7 @@ pub mod db;
 pub mod error_reporting;
 pub mod grade;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod loadgen;
 pub mod metrics;
@@ -41,4 +44,5 @@ pub mod provider;
 pub mod rankings;
 pub mod speak;
 pub mod store;
+pub mod usage;
 pub mod users;

@@ -214,6 +214,8 @@ const STRINGS = {
     'error.http': 'The server refused the request (HTTP {status}).',
     'err.network': 'Cannot reach the server. Check your connection.',
     'err.too_many_live_lectures': 'You already have a lecture in progress (perhaps in another tab). Finish or cancel it first.',
+    'err.rate_limited': 'Too many attempts in a short time. Please wait a little and try again.',
+    'err.quota_exceeded': 'You have used today\'s allowance. You can start again after midnight.',
     'err.no_audio': 'Nothing was recorded, so the lecture was cancelled.',
     'err.lecture_paused': 'The lecture is paused.',
     'err.lecture_finished': 'The lecture has already ended.',
@@ -465,6 +467,8 @@ const STRINGS = {
     'error.http': '서버가 요청을 거부했습니다 (HTTP {status}).',
     'err.network': '서버에 연결할 수 없습니다. 네트워크를 확인해 주세요.',
     'err.too_many_live_lectures': '이미 진행 중인 강의가 있습니다(다른 탭일 수 있습니다). 먼저 마치거나 취소해 주세요.',
+    'err.rate_limited': '짧은 시간에 너무 많이 시도했어요. 잠시 후 다시 시도해 주세요.',
+    'err.quota_exceeded': '오늘 사용할 수 있는 한도를 모두 사용했어요. 자정이 지나면 다시 시작할 수 있어요.',
     'err.no_audio': '녹음된 내용이 없어 강의를 취소했습니다.',
     'err.lecture_paused': '강의가 일시 정지되어 있습니다.',
     'err.lecture_finished': '강의가 이미 끝났습니다.',
@@ -543,6 +547,9 @@ function errorText(code, message) {
   // The server's invalid_name says which rule the name broke (its length, say): keep that
   // detail in the English UI.
   if (code === 'invalid_name' && lang === 'en' && message) return message;
+  // A quota refusal names the quota and when it comes back, already in the language the
+  // request asked for (API calls send the UI language; a WebSocket upgrade, the browser's).
+  if (code === 'quota_exceeded' && message && /[가-힣]/.test(message) === (lang === 'ko')) return message;
   if (code && STRINGS.en[`err.${code}`]) return t(`err.${code}`);
   // A plain-text body (a framework's refusal, in English): a sentence with its status instead.
   if (code && code.startsWith('http_') && (lang !== 'en' || !message)) return t('error.http', { status: code.slice(5) });

@@ -10,6 +10,7 @@
 //! - [`catalog`]: the latest version of every published topic.
 //! - [`lectures`]: one lecture folded from its stream; the `lectures` read model.
 //! - [`notify`]: when a study nudge is due in the learner's time zone, and its texts.
+//! - [`usage`]: lectures, audio and model tokens per learner and day (quotas, the spending guard).
 
 pub mod catalog;
 pub mod learning;
@@ -17,6 +18,7 @@ pub mod lectures;
 pub mod notifications;
 pub mod notify;
 pub mod rankings;
+pub mod usage;
 pub mod users;
 
 use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};

@@ -21,6 +21,13 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// Too many requests (a rate limit or a quota): `429` with `Retry-After`.
+    #[error("{message}")]
+    TooMany {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     /// Anything else. Never shown to the client.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -56,14 +63,33 @@ impl ApiError {
     }
 }
 
+impl From<crate::limits::Limited> for ApiError {
+    fn from(limited: crate::limits::Limited) -> Self {
+        ApiError::TooMany {
+            code: "rate_limited",
+            message: limited.message(),
+            retry_after_secs: limited.retry_after_secs(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, code, message) = match self {
             ApiError::Client {
                 status,
                 code,
                 message,
             } => (status, code, message),
+            ApiError::TooMany {
+                code,
+                message,
+                retry_after_secs,
+            } => {
+                retry_after = Some(retry_after_secs);
+                (StatusCode::TOO_MANY_REQUESTS, code, message)
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 (
@@ -73,11 +99,18 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let mut response = (
-            status,
-            axum::Json(json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response();
+        let body = match retry_after {
+            Some(secs) => {
+                json!({ "error": { "code": code, "message": message, "retryAfterSecs": secs } })
+            }
+            None => json!({ "error": { "code": code, "message": message } }),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

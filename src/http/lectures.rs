@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::error::{ApiError, Result};
-use super::extract::{ApiJson, AuthUser, RequestMeta};
+use super::extract::{ApiJson, AuthUser, ClientIp, RequestMeta, prefers_korean};
 use super::live::{close, user_from};
 use super::{AppState, POSITION_HEADER};
 use crate::auth::{Purpose, TokenError};
@@ -268,6 +268,29 @@ pub(super) async fn check_lecture(
     }
 }
 
+/// Whether `user`'s daily quotas let them start a lecture (`audio`: one that records audio);
+/// a refusal is `429 quota_exceeded` in the learner's language, until midnight.
+pub async fn check_quota(
+    state: &AppState,
+    user: Uuid,
+    audio: bool,
+    korean: bool,
+) -> Result<crate::usage::Allowance> {
+    match state
+        .quotas
+        .check_start(user, audio)
+        .await
+        .map_err(anyhow::Error::from)?
+    {
+        Ok(allowance) => Ok(allowance),
+        Err(exceeded) => Err(ApiError::TooMany {
+            code: "quota_exceeded",
+            message: exceeded.message(korean),
+            retry_after_secs: exceeded.retry_after_secs(),
+        }),
+    }
+}
+
 /// Starts a text lecture: started, its text, finished, in one append; the pipeline grades it.
 /// Errors are `(code, message)`; `internal` is the server's fault.
 #[allow(clippy::too_many_arguments)]
@@ -340,9 +363,17 @@ pub async fn start_text(
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     RequestMeta(mut meta): RequestMeta,
     ApiJson(body): ApiJson<CreateLecture>,
 ) -> Result<Response> {
+    let action = match body.text {
+        Some(_) => crate::limits::Action::Text,
+        None => crate::limits::Action::Lectures,
+    };
+    state.limits.check(action, ip, Some(user)).await?;
+    check_quota(&state, user, body.text.is_none(), prefers_korean(&headers)).await?;
     let unprocessable = |(code, message): (&'static str, String)| match code {
         "internal" => ApiError::Internal(anyhow::anyhow!(message)),
         _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
@@ -452,11 +483,20 @@ pub async fn upload(
     State(state): State<AppState>,
     Path(lecture_id): Path<Uuid>,
     Query(query): Query<UploadQuery>,
+    ClientIp(ip): ClientIp,
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    match check_upload(&state, lecture_id, query, &headers) {
+    let checked = match state
+        .limits
+        .check(crate::limits::Action::Uploads, ip, None)
+        .await
+    {
+        Ok(()) => check_upload(&state, lecture_id, query, &headers),
+        Err(limited) => Err(limited.into()),
+    };
+    match checked {
         Ok(max) => store_upload(state, lecture_id, RequestMeta(meta), max, body).await,
         Err(e) => {
             // Read (a bounded part of) what the client is sending before refusing, so that it
@@ -977,14 +1017,20 @@ pub async fn watch(
     State(state): State<AppState>,
     Path(lecture_id): Path<Uuid>,
     Query(query): Query<ViewQuery>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
+    state
+        .limits
+        .check(crate::limits::Action::Sockets, ip, None)
+        .await?;
     load_viewable(&state, &headers, &query, lecture_id).await?;
     Ok(ws
         .max_message_size(protocol::MAX_FRAME_BYTES)
         .on_upgrade(move |mut socket| async move {
             let _connection = crate::metrics::Connection::open("watch");
+            let mut gate = crate::limits::MessageGate::new(state.limits.rules().messages);
             let mut shutting_down = state.live.shutting_down();
             let mut frames = std::pin::pin!(feed(state, lecture_id, None));
             let (code, reason) = loop {
@@ -1006,6 +1052,7 @@ pub async fn watch(
                     },
                     incoming = socket.recv() => match incoming {
                         Some(Ok(Message::Text(text))) => {
+                            tokio::time::sleep(gate.delay()).await;
                             let pong = match serde_json::from_str::<protocol::ClientMessage>(&text) {
                                 Ok(protocol::ClientMessage::Ping { nonce }) => ServerMessage::Pong { nonce },
                                 _ => ServerMessage::error("read_only", "observers can only send `ping`"),

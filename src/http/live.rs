@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::RequestMeta;
+use super::extract::{ClientIp, RequestMeta};
 use super::lectures;
 use crate::live::hub::Subscription;
 use crate::live::lecture::{Action, Command};
@@ -92,19 +92,28 @@ pub fn user_from(
 pub async fn live(
     State(state): State<AppState>,
     Query(query): Query<TokenQuery>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     RequestMeta(meta): RequestMeta,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let user = user_from(&state, &headers, query.token.as_deref())?;
+    state
+        .limits
+        .check(crate::limits::Action::Sockets, ip, Some(user))
+        .await?;
     let mut meta = meta;
     meta.acting_user = Some(user);
+    let client = Client {
+        ip,
+        korean: super::extract::prefers_korean(&headers),
+    };
     Ok(ws
         .max_message_size(HARD_LIMIT)
         .max_frame_size(HARD_LIMIT)
         .on_upgrade(move |socket| async move {
             let _connection = crate::metrics::Connection::open("live");
-            Session::new(state, user, meta).run(socket).await;
+            Session::new(state, user, meta, client).run(socket).await;
         }))
 }
 
@@ -118,9 +127,20 @@ struct Current {
     acked: u64,
 }
 
+/// Who is at the other end of a connection, for rate limits and quota messages.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    ip: std::net::IpAddr,
+    /// Whether refusals are worded in Korean (`Accept-Language` of the upgrade request).
+    korean: bool,
+}
+
 struct Session {
     state: AppState,
     user: Uuid,
+    client: Client,
+    /// Paces the connection's messages.
+    gate: crate::limits::MessageGate,
     meta: teachback_events::Metadata,
     conn: Conn,
     out: mpsc::Receiver<Arc<ServerMessage>>,
@@ -137,7 +157,12 @@ enum Flow {
 }
 
 impl Session {
-    fn new(state: AppState, user: Uuid, meta: teachback_events::Metadata) -> Session {
+    fn new(
+        state: AppState,
+        user: Uuid,
+        meta: teachback_events::Metadata,
+        client: Client,
+    ) -> Session {
         let (out_tx, out) = mpsc::channel(OUT_QUEUE);
         let (kick, kicked) = watch::channel(None);
         let conn = Conn {
@@ -146,8 +171,10 @@ impl Session {
             kick: Arc::new(kick),
         };
         Session {
+            gate: crate::limits::MessageGate::new(state.limits.rules().messages),
             state,
             user,
+            client,
             meta,
             conn,
             out,
@@ -227,6 +254,14 @@ impl Session {
                 }
                 incoming = socket.recv() => {
                     last_heard = Instant::now();
+                    if matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+                        // Over the rate, the next read waits: the client's sends back up in
+                        // TCP; nothing it sent is dropped.
+                        let wait = self.gate.delay();
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
                     flow = match incoming {
                         None => break,
                         Some(Err(e)) => {
@@ -391,6 +426,9 @@ impl Session {
                 if let Some(e) = self.busy() {
                     return send(socket, &e.to_message(false)).await;
                 }
+                if let Err(e) = self.admit(crate::limits::Action::Text, false).await {
+                    return send(socket, &e.to_message(false)).await;
+                }
                 let lecture_id = Uuid::now_v7();
                 // Follow the lecture before it exists, so no frame of its grading is missed.
                 self.processing = Some(self.state.live.hub().subscribe(lecture_id));
@@ -490,7 +528,9 @@ impl Session {
         let language = lectures::check_lecture(&self.state, &topic_id, language)
             .await
             .map_err(refusal)?;
+        let allowance = self.admit(crate::limits::Action::Lectures, true).await?;
         let new = NewLecture {
+            max_audio: allowance.audio_left,
             user: self.user,
             topic_id,
             format,
@@ -501,6 +541,35 @@ impl Session {
         let (attached, started) = self.state.live.start(new, self.conn.clone()).await?;
         self.attach(attached);
         Ok(started)
+    }
+
+    /// Rate limits and quotas for a new lecture (`audio`: one that records audio).
+    async fn admit(
+        &self,
+        action: crate::limits::Action,
+        audio: bool,
+    ) -> Result<crate::usage::Allowance, LiveError> {
+        self.state
+            .limits
+            .check(action, self.client.ip, Some(self.user))
+            .await
+            .map_err(|limited| {
+                let mut e = LiveError::new("rate_limited", limited.message());
+                e.retry_after_secs = Some(limited.retry_after_secs());
+                e
+            })?;
+        match self.state.quotas.check_start(self.user, audio).await {
+            Ok(Ok(allowance)) => Ok(allowance),
+            Ok(Err(exceeded)) => {
+                let mut e = LiveError::new("quota_exceeded", exceeded.message(self.client.korean));
+                e.retry_after_secs = Some(exceeded.retry_after_secs());
+                Err(e)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reading a learner's usage failed");
+                Err(LiveError::internal())
+            }
+        }
     }
 
     async fn reconnect(&mut self, lecture_id: Uuid) -> Result<ServerMessage, LiveError> {
@@ -551,6 +620,7 @@ fn lecture_finished(lecture_id: Uuid) -> ServerMessage {
         fatal: false,
         lecture_id: Some(lecture_id),
         expected_seq: None,
+        retry_after_secs: None,
     }
 }
 
@@ -560,7 +630,7 @@ fn clip(s: &str) -> String {
 }
 
 /// Parses a text frame, telling malformed JSON, unknown types and bad fields apart.
-fn parse(text: &str) -> Result<ClientMessage, Box<ServerMessage>> {
+pub fn parse(text: &str) -> Result<ClientMessage, Box<ServerMessage>> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         Box::new(ServerMessage::error(
             "invalid_message",

@@ -58,6 +58,7 @@ pub struct AppState {
     pub lectures: ProjectionStatus,
     pub learning: ProjectionStatus,
     pub notifications: ProjectionStatus,
+    pub usage: ProjectionStatus,
     /// The nudge scheduler and outbox, when a delivery channel is configured.
     pub notifier: Option<crate::notify::Notifier>,
     /// Every projector, for status reports.
@@ -78,6 +79,12 @@ pub struct AppState {
     pub public_url: Arc<str>,
     pub upload_url_ttl: Duration,
     pub max_recording_bytes: u64,
+    /// Rate limits per client address and per learner.
+    pub limits: crate::limits::RateLimiter,
+    /// Reverse proxies in front of the server whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: usize,
+    /// Daily quotas per learner and the spending guard.
+    pub quotas: crate::usage::Quotas,
 }
 
 impl AppState {
@@ -89,6 +96,7 @@ impl AppState {
             &self.lectures,
             &self.learning,
             &self.notifications,
+            &self.usage,
         ]
     }
 

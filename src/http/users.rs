@@ -11,7 +11,7 @@ use teachback_events::ClientInfo;
 use uuid::Uuid;
 
 use super::error::{ApiError, Result, payload_too_large};
-use super::extract::{ApiJson, AuthUser, RequestMeta, clip};
+use super::extract::{ApiJson, AuthUser, ClientIp, RequestMeta, clip};
 use super::{AppState, POSITION_HEADER};
 use crate::auth;
 use crate::projection::users::{User, find_device_user, find_user};
@@ -75,9 +75,14 @@ fn expires_at(unix: i64) -> String {
 /// `POST /api/v1/devices`: creates a learner and returns their credentials. The body is optional.
 pub async fn register_device(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     RequestMeta(mut meta): RequestMeta,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    state
+        .limits
+        .check(crate::limits::Action::Devices, ip, None)
+        .await?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             payload_too_large()
@@ -132,8 +137,13 @@ pub struct Refresh {
 /// `POST /api/v1/auth/refresh`: a device token buys a fresh access token.
 pub async fn refresh(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<Refresh>,
 ) -> Result<Json<AccessToken>> {
+    state
+        .limits
+        .check(crate::limits::Action::Refresh, ip, None)
+        .await?;
     let hash = auth::hash_device_token(body.device_token.trim());
     let mut user = find_device_user(&state.db, &hash).await?;
     if user.is_none() {
@@ -146,6 +156,10 @@ pub async fn refresh(
     let user = user.ok_or_else(|| {
         ApiError::unauthorized("invalid_device_token", "this device token is not known")
     })?;
+    state
+        .limits
+        .check_learner(crate::limits::Action::Refresh, user)
+        .await?;
     let (access_token, exp) = state.keys.issue(user)?;
     Ok(Json(AccessToken {
         access_token,

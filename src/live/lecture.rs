@@ -77,6 +77,8 @@ pub struct Actor {
     conflicted: bool,
     /// Container recordings end at this wall-clock time (twice the longest lecture).
     deadline: Option<Instant>,
+    /// The lecture is finished when its audio reaches this length (ms).
+    max_ms: u64,
 }
 
 impl Actor {
@@ -92,6 +94,7 @@ impl Actor {
             .map(|rate| Segmenter::new(live.settings.rules, rate));
         let deadline =
             (!started.format.is_pcm()).then(|| Instant::now() + live.settings.max_lecture * 2);
+        let max_ms = live.settings.max_lecture.as_millis() as u64;
         Actor {
             live,
             started,
@@ -109,7 +112,14 @@ impl Actor {
             detached_at: None,
             conflicted: false,
             deadline,
+            max_ms,
         }
+    }
+
+    /// Finishes the lecture at `max` of audio if that is sooner than the longest lecture (the
+    /// learner's audio quota for the day).
+    pub(crate) fn cap_audio(&mut self, max: Duration) {
+        self.max_ms = self.max_ms.min(max.as_millis() as u64);
     }
 
     /// An actor for a lecture found unfinished after a restart, with the WAL's chunks after its
@@ -341,6 +351,7 @@ impl Actor {
             fatal: false,
             lecture_id: Some(self.id()),
             expected_seq,
+            retry_after_secs: None,
         }));
     }
 
@@ -413,9 +424,7 @@ impl Actor {
             .wal
             .write(self.id(), seq, audio.clone(), &self.durable);
         let cut = self.take(seq, audio);
-        let too_long = self
-            .received_ms()
-            .is_some_and(|ms| ms >= self.live.settings.max_lecture.as_millis() as u64);
+        let too_long = self.received_ms().is_some_and(|ms| ms >= self.max_ms);
         if too_long {
             let _ = self
                 .end(Action::Finish, Some(EndKind::MaxDuration), frames)

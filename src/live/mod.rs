@@ -14,6 +14,7 @@
 //! # Layout
 //! - [`protocol`]: the WebSocket messages.
 //! - [`segment`]: voice activity detection, segment cutting, WAV encoding.
+//! - [`sniff`]: recognising a recording's container from its first bytes.
 //! - [`wal`]: the audio write-ahead log.
 //! - [`lecture`]: the lecture actor.
 
@@ -21,6 +22,7 @@ pub mod hub;
 pub mod lecture;
 pub mod protocol;
 pub mod segment;
+pub mod sniff;
 pub mod wal;
 
 use std::sync::Arc;
@@ -76,6 +78,8 @@ pub struct LiveError {
     pub message: String,
     /// The lecture the error is about, when the client may not know it (e.g. the one in the way).
     pub lecture_id: Option<Uuid>,
+    /// For refusals that pass with time (rate limits, quotas): when to try again.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl LiveError {
@@ -84,6 +88,7 @@ impl LiveError {
             code,
             message: message.into(),
             lecture_id: None,
+            retry_after_secs: None,
         }
     }
 
@@ -102,6 +107,7 @@ impl LiveError {
             fatal,
             lecture_id: self.lecture_id,
             expected_seq: None,
+            retry_after_secs: self.retry_after_secs,
         }
     }
 }
@@ -160,6 +166,9 @@ pub struct NewLecture {
     pub sample_rate: Option<u32>,
     pub language: String,
     pub metadata: Metadata,
+    /// Audio the learner has left today, when it is less than the longest lecture: the lecture
+    /// is finished when it is used up.
+    pub max_audio: Option<Duration>,
 }
 
 /// A callback told a lecture's id.
@@ -331,12 +340,11 @@ impl Live {
         let version = appended.version;
         let started_message =
             protocol::event_message(&event, version).expect("LectureStarted has a frame");
-        let handle = self.spawn(Actor::new(
-            self.inner.clone(),
-            started,
-            version,
-            new.metadata,
-        ));
+        let mut actor = Actor::new(self.inner.clone(), started, version, new.metadata);
+        if let Some(max) = new.max_audio {
+            actor.cap_audio(max);
+        }
+        let handle = self.spawn(actor);
         let attached = self.attach(&handle, conn).await?;
         Ok((attached, started_message))
     }

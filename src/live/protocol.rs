@@ -212,6 +212,9 @@ pub enum ServerMessage {
         lecture_id: Option<Uuid>,
         #[serde(skip_serializing_if = "Option::is_none")]
         expected_seq: Option<u64>,
+        /// For `rate_limited` and `quota_exceeded`: when to try again.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u64>,
     },
 }
 
@@ -223,6 +226,7 @@ impl ServerMessage {
             fatal: false,
             lecture_id: None,
             expected_seq: None,
+            retry_after_secs: None,
         }
     }
 
@@ -233,6 +237,7 @@ impl ServerMessage {
             fatal: true,
             lecture_id: None,
             expected_seq: None,
+            retry_after_secs: None,
         }
     }
 

@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     workers: DashMap<Uuid, Arc<Notify>>,
     /// Told when a worker stops (tools wait on it).
     stopped: tokio::sync::broadcast::Sender<Uuid>,
+    /// The spending guard: while it is on, grades come from the rubric grader.
+    pub(crate) budget: std::sync::OnceLock<crate::usage::Quotas>,
 }
 
 impl Pipeline {
@@ -132,8 +134,14 @@ impl Pipeline {
                 settings,
                 workers: DashMap::new(),
                 stopped: tokio::sync::broadcast::channel(64).0,
+                budget: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Puts grading under the spending guard of `quotas` (a no-op the second time).
+    pub fn guard_spending(&self, quotas: crate::usage::Quotas) {
+        let _ = self.inner.budget.set(quotas);
     }
 
     /// Whether speech-to-text is configured (without it, audio lectures await transcription).

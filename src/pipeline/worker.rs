@@ -453,6 +453,9 @@ impl<'a> Feedback<'a> {
     }
 }
 
+/// The fallback reason of a grade the rubric gave because the day's budget was nearly spent.
+pub const BUDGET_GUARD: &str = "budget_guard";
+
 async fn grade_lecture(inner: &Arc<Inner>, lecture: &Lecture) -> Result<(), StepError> {
     let id = lecture.id();
     let attempt = lecture.attempt;
@@ -492,7 +495,18 @@ async fn grade_lecture(inner: &Arc<Inner>, lecture: &Lecture) -> Result<(), Step
     };
     let mut version = lecture.version;
     let mut fallback_reason = None;
-    if let Some(llm) = inner.providers.llm.clone() {
+    let mut llm = inner.providers.llm.clone();
+    if llm.is_some()
+        && let Some(quotas) = inner.budget.get()
+        && quotas.guard_active().await
+    {
+        // The day's budget is nearly spent: the rubric grades, labelled, until midnight.
+        tracing::info!(lecture = %id, "spending guard on: grading with the rubric");
+        metrics::counter!("teachback_budget_guard_grades_total").increment(1);
+        fallback_reason = Some(BUDGET_GUARD.to_owned());
+        llm = None;
+    }
+    if let Some(llm) = llm {
         let started = Instant::now();
         let event = grading_started(
             GraderKind::Llm,

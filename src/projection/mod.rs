@@ -11,6 +11,7 @@ pub mod lectures;
 pub mod notifications;
 pub mod ops;
 pub mod topics;
+pub mod usage;
 pub mod users;
 
 use std::pin::pin;

@@ -14,6 +14,7 @@ mod error_reporting;
 mod http_admin;
 mod http_catalog;
 mod http_users;
+mod limits;
 mod live;
 mod live_support;
 mod notify;

@@ -698,6 +698,27 @@ async fn read_models(app: &TestApp) -> Vec<String> {
     });
     rows.extend(devices.iter().map(|d| format!("{d:?}")));
     rows.extend(learning_dump(db).await);
+    let usage: Vec<(Uuid, String, i64, i64, i64, i64)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT user_id, day, lectures, audio_ms, prompt_tokens, completion_tokens \
+             FROM usage_learner_days ORDER BY user_id, day",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    assert!(!usage.is_empty(), "the usage read model is empty");
+    rows.extend(usage.iter().map(|u| format!("{u:?}")));
+    let days: Vec<(String, i64, i64, i64, i64)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT day, lectures, audio_ms, prompt_tokens, completion_tokens FROM usage_days \
+             ORDER BY day",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    rows.extend(days.iter().map(|d| format!("{d:?}")));
     let prefs: Vec<PrefsDump> = with_pool!(db, pool => {
         sqlx::query_as(
             "SELECT user_id, kinds, channel, time_zone, hour, quiet_start, quiet_end, language, \
@@ -796,7 +817,7 @@ async fn rebuilding_every_projection_yields_the_rows_the_live_runner_wrote(db: &
     .unwrap();
     assert!(head > 0);
     assert_eq!(standings.len(), app.state.projectors.len());
-    assert_eq!(standings.len(), 5);
+    assert_eq!(standings.len(), 6);
     caught_up(&app).await;
     let after = read_models(&app).await;
     for projector in app.state.projectors.iter() {

@@ -25,7 +25,12 @@ pub(crate) fn teachback(cwd: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(cwd)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // These tests drive one server hard from one address; limits are tested in limits.rs.
+        .env("TEACHBACK_RATE_LIMITS", "off")
+        .env("TEACHBACK_QUOTA_LECTURES_PER_DAY", "0")
+        .env("TEACHBACK_QUOTA_AUDIO_MINUTES_PER_DAY", "0")
+        .env("TEACHBACK_QUOTA_LLM_TOKENS_PER_DAY", "0");
     // Logs go to a file: an unread pipe would fill up and block the server mid-request.
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -432,14 +437,15 @@ async fn projections_are_rebuilt_by_the_cli_while_the_server_keeps_serving() {
             "topics.v1",
             "lectures.v1",
             "learning.v1@UTC",
-            "notifications.v1"
+            "notifications.v1",
+            "usage.v1@UTC"
         ]
     );
     // rebuild every projection in one pass while the server runs
     let rebuilt: Value =
         serde_json::from_str(&run_cli(cwd.path(), &["projections", "rebuild", "--json"]).await)
             .unwrap();
-    assert_eq!(rebuilt.as_array().unwrap().len(), 5);
+    assert_eq!(rebuilt.as_array().unwrap().len(), 6);
     assert!(rebuilt[0]["events"].as_u64().unwrap() >= 6);
     // the server still serves the learners, old and new, from the swapped-in tables
     let learner = register().await;

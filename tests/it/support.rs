@@ -183,15 +183,42 @@ pub async fn spawn_app_on_pool(
     tweak: impl FnOnce(&mut teachback::config::Config),
     blobs: Option<Arc<dyn teachback::blob::BlobStore>>,
 ) -> TestApp {
-    let data = tempfile::tempdir().unwrap();
+    spawn_app_clocked(
+        db,
+        tweak,
+        blobs,
+        Arc::new(teachback::notify::clock::SystemClock),
+    )
+    .await
+}
+
+/// The configuration tests start from: the defaults, without rate limits and quotas (tests
+/// drive one server hard from one address; `limits.rs` tests those).
+pub fn test_config(data_dir: &std::path::Path) -> teachback::config::Config {
     let mut config = teachback::config::Config::defaults();
-    config.data_dir = data.path().to_path_buf();
+    config.data_dir = data_dir.to_path_buf();
+    config.rate_limits = "off".into();
+    config.quota_lectures_per_day = 0;
+    config.quota_audio_minutes_per_day = 0;
+    config.quota_llm_tokens_per_day = 0;
+    config
+}
+
+/// Starts the app with the clock quotas read "today" from.
+pub async fn spawn_app_clocked(
+    db: Db,
+    tweak: impl FnOnce(&mut teachback::config::Config),
+    blobs: Option<Arc<dyn teachback::blob::BlobStore>>,
+    clock: Arc<dyn teachback::notify::clock::Clock>,
+) -> TestApp {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
     tweak(&mut config);
     let blobs = match blobs {
         Some(blobs) => blobs,
         None => teachback::blob::open(&config.blob_url()).unwrap(),
     };
-    let app = teachback::app::App::from_parts(&config, db, blobs)
+    let app = teachback::app::App::from_parts_with_clock(&config, db, blobs, clock)
         .await
         .unwrap();
     let state = app.state.clone();
