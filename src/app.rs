@@ -195,7 +195,7 @@ impl App {
                 prices,
                 usage,
                 limits,
-                trusted_proxies: config.trusted_proxies,
+                trusted_proxies: Arc::new(config.trusted_proxies()?),
                 quotas,
                 public_url: config.public_url().into(),
                 upload_url_ttl: Duration::from_secs(config.upload_url_ttl_secs),

@@ -269,10 +269,12 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_RATE_LIMITS", default_value = "")]
     pub rate_limits: String,
 
-    /// How many reverse proxies in front of the server append to `X-Forwarded-For` (their
-    /// client address is what rate limits count). 0: the TCP peer is the client.
-    #[arg(long, env = "TEACHBACK_TRUSTED_PROXIES", default_value_t = 0)]
-    pub trusted_proxies: usize,
+    /// The reverse proxies in front of the server, as addresses or CIDR networks
+    /// (`10.0.0.0/8,192.0.2.7`). From them, `X-Forwarded-For` is believed: the right-most
+    /// address in it that is not a trusted proxy is the client rate limits count. Empty: the TCP
+    /// peer is the client, and the header is ignored.
+    #[arg(long, env = "TEACHBACK_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
 
     /// Lectures a learner may start a day (0: unlimited).
     #[arg(long, env = "TEACHBACK_QUOTA_LECTURES_PER_DAY", default_value_t = 50)]
@@ -375,6 +377,13 @@ impl Config {
         self.rate_limits
             .parse()
             .map_err(|e| anyhow::anyhow!("TEACHBACK_RATE_LIMITS: {e}"))
+    }
+
+    /// The trusted reverse proxies, parsed.
+    pub fn trusted_proxies(&self) -> anyhow::Result<crate::limits::TrustedProxies> {
+        self.trusted_proxies
+            .parse()
+            .map_err(|e| anyhow::anyhow!("TEACHBACK_TRUSTED_PROXIES: {e}"))
     }
 
     /// The daily quotas and the spending guard.

@@ -2,11 +2,13 @@
 //!
 //! Each limit is "at most N per period": a client may spend the N at once, and then earns one
 //! back every period / N (the generic cell rate algorithm, GCRA: one timestamp per key, the
-//! *theoretical arrival time*). Refused requests change nothing.
+//! *theoretical arrival time*). A refusal does not use up the refusing limit; the learner's
+//! limit is checked before the address's, so a refusal by the address has used one of the
+//! learner's units.
 //!
 //! Where the counters live:
-//! - on PostgreSQL, in the `rate_limits` table, updated with one atomic statement per check, so
-//!   that every instance sharing the database enforces the same limit;
+//! - on PostgreSQL, in the `rate_limits` table, updated with one atomic statement per check by
+//!   the database's clock, so that every instance sharing the database enforces the same limit;
 //! - on SQLite (one process), in memory.
 //!
 //! WebSocket messages are limited per connection, in memory (a connection lives on one
@@ -372,22 +374,23 @@ impl RateLimiter {
         matches!(self.cells, Cells::Postgres(_))
     }
 
-    /// Counts one `action` by `ip` (and `learner`, when known) against their limits. The address
-    /// is checked first; a refusal there leaves the learner's count alone.
+    /// Counts one `action` by `learner` (when known) and `ip` against their limits. The learner
+    /// is checked first, so that one learner past their limit does not use up the units of
+    /// everyone behind the same address; a refusal by the address has used one of the learner's.
     pub async fn check(
         &self,
         action: Action,
         ip: IpAddr,
         learner: Option<Uuid>,
     ) -> Result<(), Limited> {
+        if let Some(learner) = learner {
+            self.check_learner(action, learner).await?;
+        }
         if let Some(rate) = self.rules.get(action, Scope::Ip) {
             let key = format!("{}:ip:{}", action.as_str(), ip_key(ip));
             self.take(action, Scope::Ip, rate, &key).await?;
         }
-        match learner {
-            Some(learner) => self.check_learner(action, learner).await,
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Counts one `action` by `learner` against their limit only.
@@ -417,11 +420,11 @@ impl RateLimiter {
                 if allowed {
                     *cell = tat;
                 }
-                Ok((allowed, tat))
+                Ok((allowed, tat, now))
             }
-            Cells::Postgres(pool) => postgres_take(pool, key, now, rate).await,
+            Cells::Postgres(pool) => postgres_take(pool, key, rate).await,
         };
-        let (allowed, tat) = match outcome {
+        let (allowed, tat, now) = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
                 // A limiter that cannot reach its counters lets requests through: the database
@@ -454,11 +457,13 @@ impl RateLimiter {
                 cells.retain(|_, tat| *tat > now);
                 Ok((before - cells.len()) as u64)
             }
-            Cells::Postgres(pool) => Ok(sqlx::query("DELETE FROM rate_limits WHERE tat < $1")
-                .bind(now_us())
-                .execute(pool)
-                .await?
-                .rows_affected()),
+            // By the database's clock, with a minute's margin for rows being moved right now.
+            Cells::Postgres(pool) => Ok(sqlx::query(&format!(
+                "DELETE FROM rate_limits WHERE tat < {DB_NOW_US} - 60000000"
+            ))
+            .execute(pool)
+            .await?
+            .rows_affected()),
         }
     }
 
@@ -484,35 +489,42 @@ fn gcra(tat: i64, now: i64, rate: Rate) -> (bool, i64) {
     (next - now <= rate.per_us(), next)
 }
 
-/// The GCRA step as one statement: the row is inserted or moved only when the request conforms.
+/// "Now" by the database's clock, in microseconds since the epoch: every instance sharing the
+/// table uses the same clock.
+const DB_NOW_US: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT";
+
+/// The GCRA step as one statement, by the database's clock: the row is inserted or moved only
+/// when the request conforms (`excluded.tat` is now + interval). Returns whether it conformed,
+/// the arrival time, and now.
 async fn postgres_take(
     pool: &sqlx::PgPool,
     key: &str,
-    now: i64,
     rate: Rate,
-) -> Result<(bool, i64), sqlx::Error> {
+) -> Result<(bool, i64, i64), sqlx::Error> {
     let interval = rate.interval_us();
     let per = rate.per_us();
-    let moved: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO rate_limits (key, tat) VALUES ($1, $2 + $3) \
-         ON CONFLICT (key) DO UPDATE SET tat = GREATEST(rate_limits.tat, $2) + $3 \
-         WHERE GREATEST(rate_limits.tat, $2) + $3 - $2 <= $4 \
-         RETURNING tat",
-    )
+    let moved: Option<(i64, i64)> = sqlx::query_as(&format!(
+        "INSERT INTO rate_limits (key, tat) VALUES ($1, {DB_NOW_US} + $2) \
+         ON CONFLICT (key) DO UPDATE \
+         SET tat = GREATEST(rate_limits.tat, excluded.tat - $2) + $2 \
+         WHERE GREATEST(rate_limits.tat, excluded.tat - $2) + $2 - (excluded.tat - $2) <= $3 \
+         RETURNING tat, {DB_NOW_US}"
+    ))
     .bind(key)
-    .bind(now)
     .bind(interval)
     .bind(per)
     .fetch_optional(pool)
     .await?;
-    if let Some(tat) = moved {
-        return Ok((true, tat));
+    if let Some((tat, now)) = moved {
+        return Ok((true, tat, now));
     }
-    let tat: Option<i64> = sqlx::query_scalar("SELECT tat FROM rate_limits WHERE key = $1")
-        .bind(key)
-        .fetch_optional(pool)
-        .await?;
-    Ok((false, tat.unwrap_or(now).max(now) + interval))
+    let (tat, now): (Option<i64>, i64) = sqlx::query_as(&format!(
+        "SELECT (SELECT tat FROM rate_limits WHERE key = $1), {DB_NOW_US}"
+    ))
+    .bind(key)
+    .fetch_one(pool)
+    .await?;
+    Ok((false, tat.unwrap_or(now).max(now) + interval, now))
 }
 
 /// The part of an address that names one client: the whole IPv4 address, or the /64 network of
@@ -530,36 +542,141 @@ fn ip_key(ip: IpAddr) -> String {
     }
 }
 
+/// The reverse proxies whose `X-Forwarded-For` is believed: addresses and CIDR networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    /// `10.0.0.0/8, 192.0.2.7, fd00::/8`; empty for none.
+    fn from_str(s: &str) -> Result<TrustedProxies, String> {
+        let mut nets = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (addr, bits) = match item.split_once('/') {
+                Some((addr, bits)) => (addr, Some(bits)),
+                None => (item, None),
+            };
+            let addr: IpAddr = addr
+                .parse()
+                .map_err(|_| format!("`{item}` is not an IP address or CIDR network"))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                Some(b) => b
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| format!("`{item}` has a bad prefix length"))?,
+                None => max,
+            };
+            nets.push((addr, bits));
+        }
+        Ok(TrustedProxies(nets))
+    }
+}
+
+impl TrustedProxies {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0
+            .iter()
+            .any(|(net, bits)| match (canonical(*net), ip) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), *bits),
+                (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), *bits),
+                _ => false,
+            })
+    }
+
+    /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the
+    /// right-most address in `X-Forwarded-For` that is not a trusted proxy (each proxy appends
+    /// the address it saw, so entries left of the first untrusted one may be forged). Entries
+    /// may carry a port (`192.0.2.1:5678`, `[2001:db8::1]:443`); unreadable ones stop the walk.
+    pub fn client(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
+        if !self.contains(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for entry in forwarded_for.iter().rev() {
+            let Some(ip) = parse_forwarded(entry) else {
+                break;
+            };
+            client = ip;
+            if !self.contains(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let full = usize::from(bits / 8);
+    let rest = bits % 8;
+    a[..full] == b[..full]
+        && (rest == 0 || {
+            let mask = 0xffu8 << (8 - rest);
+            a[full] & mask == b[full] & mask
+        })
+}
+
+/// One `X-Forwarded-For` entry: an address, maybe with a port.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(socket) = entry.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.split_once(']'))
+        .and_then(|(ip, _)| ip.parse().ok())
+}
+
 /// Paces one WebSocket connection's messages: over the rate, the connection is read more slowly
 /// (the client's sends back up in TCP) instead of dropping a frame, which would lose audio.
 pub struct MessageGate {
     rate: Option<Rate>,
+    start: std::time::Instant,
+    /// The theoretical arrival time, in microseconds since `start` (a monotonic clock: a wall
+    /// clock stepped back must not stall a connection).
     tat: i64,
 }
 
 impl MessageGate {
     pub fn new(rate: Option<Rate>) -> MessageGate {
-        MessageGate { rate, tat: 0 }
+        MessageGate {
+            rate,
+            start: std::time::Instant::now(),
+            tat: 0,
+        }
     }
 
-    /// How long to wait before reading the next message (zero when within the rate). Counts
-    /// the message.
-    pub fn delay(&mut self) -> Duration {
-        let Some(rate) = self.rate else {
-            return Duration::ZERO;
-        };
-        let now = now_us();
+    /// Counts a message; returns when the next one may be read (`None`: at once).
+    pub fn count(&mut self) -> Option<std::time::Instant> {
+        let rate = self.rate?;
+        let now = self.start.elapsed().as_micros() as i64;
         let next = self.tat.max(now) + rate.interval_us();
         self.tat = next;
         let wait = next - now - rate.per_us();
-        if wait > 0 {
+        (wait > 0).then(|| {
             metrics::counter!("teachback_rate_limited_total", "action" => "messages",
                 "scope" => "connection")
             .increment(1);
-            Duration::from_micros(wait as u64)
-        } else {
-            Duration::ZERO
-        }
+            std::time::Instant::now() + Duration::from_micros(wait as u64)
+        })
     }
 }
 
@@ -629,6 +746,39 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxies: TrustedProxies = "10.0.0.0/8, 2001:db8:ff::/48".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A direct client: its own forged header is ignored.
+        assert_eq!(
+            proxies.client(ip("198.51.100.9"), &["1.2.3.4"]),
+            ip("198.51.100.9")
+        );
+        // Through a trusted proxy: the address the proxy saw, not what the client wrote.
+        assert_eq!(
+            proxies.client(ip("10.1.2.3"), &["1.2.3.4", "198.51.100.9"]),
+            ip("198.51.100.9")
+        );
+        // Two trusted hops, ports and brackets.
+        assert_eq!(
+            proxies.client(ip("10.0.0.1"), &["[2001:db8::7]:443", "10.9.9.9:80"]),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            proxies.client(ip("::ffff:10.0.0.1"), &["203.0.113.5:5678"]),
+            ip("203.0.113.5")
+        );
+        // An unreadable entry stops the walk at the last proxy.
+        assert_eq!(proxies.client(ip("10.0.0.1"), &["unknown"]), ip("10.0.0.1"));
+        assert!(proxies.contains(ip("2001:db8:ff:1::1")));
+        assert!(!proxies.contains(ip("2001:db8:fe::1")));
+        assert!(TrustedProxies::default().is_empty());
+        for bad in ["10.0.0.0/33", "nope", "::/129"] {
+            assert!(bad.parse::<TrustedProxies>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn ipv6_clients_are_counted_by_their_64_network() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::7".parse().unwrap();
@@ -668,10 +818,13 @@ mod tests {
             count: 10,
             per: Duration::from_secs(1),
         }));
-        let waits: Vec<Duration> = (0..12).map(|_| gate.delay()).collect();
+        let start = std::time::Instant::now();
+        let waits: Vec<Duration> = (0..12)
+            .map(|_| gate.count().map_or(Duration::ZERO, |at| at - start))
+            .collect();
         assert!(waits[..10].iter().all(|w| w.is_zero()));
-        assert!(waits[10] > Duration::from_millis(50) && waits[10] <= Duration::from_millis(100));
+        assert!(waits[10] > Duration::from_millis(50) && waits[10] <= Duration::from_millis(150));
         assert!(waits[11] > waits[10]);
-        assert!(MessageGate::new(None).delay().is_zero());
+        assert!(MessageGate::new(None).count().is_none());
     }
 }

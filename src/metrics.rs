@@ -13,7 +13,12 @@
 //!   `teachback_provider_errors_total{kind,provider,code}`,
 //!   `teachback_provider_retries_total{provider,call}`,
 //!   `teachback_provider_circuit_state{kind,provider,state}` (1 for the current state).
-//! - Grading: `teachback_llm_tokens_total{type,model}`, `teachback_grades_total{grader}`.
+//! - Grading: `teachback_llm_tokens_total{type,model}`, `teachback_grades_total{grader}`,
+//!   `teachback_finish_to_first_token_seconds{grader}`, `teachback_finish_to_score_seconds{grader}`.
+//! - Abuse and cost: `teachback_rate_limited_total{action,scope}`,
+//!   `teachback_rate_limit_errors_total`, `teachback_quota_refusals_total{quota}`,
+//!   `teachback_budget_spent_usd`, `teachback_budget_usd`, `teachback_budget_guard_active`,
+//!   `teachback_budget_guard_grades_total`.
 
 use std::sync::OnceLock;
 

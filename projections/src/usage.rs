@@ -2,8 +2,11 @@
 //! spending guard are checked against.
 //!
 //! - A lecture counts on the day it started (in the projection's time zone), for its learner.
-//! - Audio counts when the lecture finishes (the audio length it recorded; container uploads,
-//!   whose length is not known, count none), on that day.
+//! - Audio counts as it is stored (every stored segment, whether the lecture is then finished,
+//!   cancelled or abandoned: it is transcribed either way), on that day. A segment of a
+//!   container format whose length is not known counts its bytes at
+//!   [`CONTAINER_BYTES_PER_SEC`] (32 kbit/s, a voice codec's rate: a higher-rate recording
+//!   counts more minutes than it lasts).
 //! - Model tokens count when a grade is recorded, on that day, for the lecture's learner
 //!   (re-grades included: they cost the same).
 //!
@@ -33,6 +36,14 @@ pub fn name(tz: &TimeZone) -> String {
             .map_or_else(|_| "custom".to_owned(), |o| o.to_string()),
     };
     format!("{BASE}.v{VERSION}@{zone}")
+}
+
+/// The byte rate at which container audio of unknown length is counted (32 kbit/s).
+pub const CONTAINER_BYTES_PER_SEC: u64 = 4_000;
+
+/// The audio a stored segment counts for, in milliseconds.
+pub fn counted_ms(duration_ms: Option<u64>, bytes: u64) -> u64 {
+    duration_ms.unwrap_or(bytes * 1_000 / CONTAINER_BYTES_PER_SEC)
 }
 
 /// Amounts used.
@@ -82,7 +93,7 @@ pub enum UsageChange {
 pub fn reads(event_type: &str) -> bool {
     matches!(
         EventKind::from_type_name(event_type),
-        Some(EventKind::LectureStarted | EventKind::LectureFinished | EventKind::LectureGraded)
+        Some(EventKind::LectureStarted | EventKind::AudioSegmentStored | EventKind::LectureGraded)
     )
 }
 
@@ -111,8 +122,9 @@ pub fn project(event: &RecordedEvent, tz: &TimeZone) -> Result<Vec<UsageChange>,
                 },
             },
         ],
-        Event::LectureFinished(e) => match e.duration_ms {
-            Some(ms) if ms > 0 => vec![UsageChange::Add {
+        Event::AudioSegmentStored(e) => match counted_ms(e.duration_ms, e.bytes) {
+            0 => Vec::new(),
+            ms => vec![UsageChange::Add {
                 whose: Whose::LectureOwner(e.lecture_id),
                 day,
                 usage: Usage {
@@ -120,7 +132,6 @@ pub fn project(event: &RecordedEvent, tz: &TimeZone) -> Result<Vec<UsageChange>,
                     ..Usage::default()
                 },
             }],
-            _ => Vec::new(),
         },
         Event::LectureGraded(e) => match e.usage {
             Some(u) if u.prompt_tokens + u.completion_tokens > 0 => vec![UsageChange::Add {

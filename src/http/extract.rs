@@ -157,24 +157,23 @@ pub fn prefers_korean(headers: &axum::http::HeaderMap) -> bool {
     ko > 0.0 && ko > quality("en")
 }
 
-/// The client's address: the TCP peer, or, behind `TEACHBACK_TRUSTED_PROXIES` reverse proxies,
-/// the address the outermost trusted proxy saw (read from the right of `X-Forwarded-For`, so a
-/// client cannot choose it by sending the header itself).
+/// The client's address: the TCP peer, or, when the peer is one of the
+/// `TEACHBACK_TRUSTED_PROXIES`, the right-most untrusted address of `X-Forwarded-For` (see
+/// [`crate::limits::TrustedProxies::client`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub std::net::IpAddr);
 
 impl ClientIp {
     pub fn of(
-        parts_headers: &axum::http::HeaderMap,
+        headers: &axum::http::HeaderMap,
         peer: Option<std::net::IpAddr>,
-        hops: usize,
+        proxies: &crate::limits::TrustedProxies,
     ) -> ClientIp {
-        let unknown = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-        let peer = peer.unwrap_or(unknown);
-        if hops == 0 {
+        let peer = peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        if proxies.is_empty() {
             return ClientIp(peer);
         }
-        let forwarded: Vec<&str> = parts_headers
+        let forwarded: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -182,14 +181,7 @@ impl ClientIp {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .collect();
-        // The last proxy appended the address it saw; with `hops` proxies, the client is the
-        // `hops`-th entry from the right. Fewer entries: the request bypassed a proxy.
-        let ip = forwarded
-            .len()
-            .checked_sub(hops)
-            .and_then(|i| forwarded[i].parse().ok())
-            .unwrap_or(peer);
-        ClientIp(ip)
+        ClientIp(proxies.client(peer, &forwarded))
     }
 }
 
@@ -204,6 +196,6 @@ impl FromRequestParts<AppState> for ClientIp {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        Ok(ClientIp::of(&parts.headers, peer, state.trusted_proxies))
+        Ok(ClientIp::of(&parts.headers, peer, &state.trusted_proxies))
     }
 }

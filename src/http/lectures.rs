@@ -488,13 +488,19 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let checked = match state
-        .limits
-        .check(crate::limits::Action::Uploads, ip, None)
-        .await
-    {
-        Ok(()) => check_upload(&state, lecture_id, query, &headers),
-        Err(limited) => Err(limited.into()),
+    // A valid upload URL is never rate limited (its lecture's start was): an accepted lecture
+    // must be able to deliver its recording. Refused attempts (forged, expired or mismatched
+    // URLs) count against the address, so guessing is slow.
+    let checked = match check_upload(&state, lecture_id, query, &headers) {
+        Ok(max) => Ok(max),
+        Err(refused) => match state
+            .limits
+            .check(crate::limits::Action::Uploads, ip, None)
+            .await
+        {
+            Ok(()) => Err(refused),
+            Err(limited) => Err(limited.into()),
+        },
     };
     match checked {
         Ok(max) => store_upload(state, lecture_id, RequestMeta(meta), max, body).await,
@@ -639,7 +645,7 @@ async fn store_upload(
         index: 0,
         blob_key: key,
         bytes: bytes.len() as u64,
-        duration_ms: None,
+        duration_ms: wav_duration_ms(&bytes),
         sha256: sha256.clone(),
         first_seq: 0,
         last_seq: 0,
@@ -652,6 +658,17 @@ async fn store_upload(
     })
     .await?;
     Ok(with_position(StatusCode::OK, answer(&lecture), position))
+}
+
+/// The length of a WAV recording, from its header's byte rate and its data chunk; `None` for
+/// anything else (other containers' lengths are not read).
+fn wav_duration_ms(bytes: &[u8]) -> Option<u64> {
+    let pcm = crate::live::segment::wav_pcm(bytes)?;
+    if bytes.get(12..16)? != b"fmt " {
+        return None;
+    }
+    let byte_rate = u32::from_le_bytes(bytes.get(28..32)?.try_into().ok()?);
+    (byte_rate > 0).then(|| pcm.len() as u64 * 1_000 / u64::from(byte_rate))
 }
 
 /// Appends `event` to a lecture's stream, expecting it unchanged since `lecture` was read;
@@ -1052,7 +1069,10 @@ pub async fn watch(
                     },
                     incoming = socket.recv() => match incoming {
                         Some(Ok(Message::Text(text))) => {
-                            tokio::time::sleep(gate.delay()).await;
+                            // Observers only ping: past the rate, answers wait (briefly).
+                            if let Some(at) = gate.count() {
+                                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                            }
                             let pong = match serde_json::from_str::<protocol::ClientMessage>(&text) {
                                 Ok(protocol::ClientMessage::Ping { nonce }) => ServerMessage::Pong { nonce },
                                 _ => ServerMessage::error("read_only", "observers can only send `ping`"),

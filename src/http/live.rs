@@ -197,6 +197,8 @@ impl Session {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut shutting_down = self.state.live.shutting_down();
+        // Past the message rate, the next read waits until then; everything else goes on.
+        let mut read_after: Option<tokio::time::Instant> = None;
         while let Flow::Continue = flow {
             let durable = async {
                 match self.current.as_mut() {
@@ -252,15 +254,16 @@ impl Session {
                         c.ended = true;
                     }
                 }
-                incoming = socket.recv() => {
+                () = tokio::time::sleep_until(read_after.unwrap_or_else(tokio::time::Instant::now)),
+                    if read_after.is_some() => {
+                    read_after = None;
+                }
+                incoming = socket.recv(), if read_after.is_none() => {
                     last_heard = Instant::now();
                     if matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
                         // Over the rate, the next read waits: the client's sends back up in
                         // TCP; nothing it sent is dropped.
-                        let wait = self.gate.delay();
-                        if !wait.is_zero() {
-                            tokio::time::sleep(wait).await;
-                        }
+                        read_after = self.gate.count().map(tokio::time::Instant::from_std);
                     }
                     flow = match incoming {
                         None => break,

@@ -82,7 +82,7 @@ pub struct AppState {
     /// Rate limits per client address and per learner.
     pub limits: crate::limits::RateLimiter,
     /// Reverse proxies in front of the server whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: usize,
+    pub trusted_proxies: Arc<crate::limits::TrustedProxies>,
     /// Daily quotas per learner and the spending guard.
     pub quotas: crate::usage::Quotas,
 }

@@ -79,6 +79,9 @@ pub struct Actor {
     deadline: Option<Instant>,
     /// The lecture is finished when its audio reaches this length (ms).
     max_ms: u64,
+    /// Container recordings: the most bytes accepted (the day's audio quota counts container
+    /// bytes at a fixed rate).
+    max_container_bytes: u64,
 }
 
 impl Actor {
@@ -95,6 +98,7 @@ impl Actor {
         let deadline =
             (!started.format.is_pcm()).then(|| Instant::now() + live.settings.max_lecture * 2);
         let max_ms = live.settings.max_lecture.as_millis() as u64;
+        let max_container_bytes = live.settings.max_recording_bytes;
         Actor {
             live,
             started,
@@ -113,6 +117,7 @@ impl Actor {
             conflicted: false,
             deadline,
             max_ms,
+            max_container_bytes,
         }
     }
 
@@ -120,6 +125,9 @@ impl Actor {
     /// learner's audio quota for the day).
     pub(crate) fn cap_audio(&mut self, max: Duration) {
         self.max_ms = self.max_ms.min(max.as_millis() as u64);
+        let bytes =
+            max.as_millis() as u64 * teachback_projections::usage::CONTAINER_BYTES_PER_SEC / 1_000;
+        self.max_container_bytes = self.max_container_bytes.min(bytes.max(1));
     }
 
     /// An actor for a lecture found unfinished after a restart, with the WAL's chunks after its
@@ -405,13 +413,15 @@ impl Actor {
             );
         }
         if !self.format().is_pcm()
-            && self.received_bytes + audio.len() as u64 > self.live.settings.max_recording_bytes
+            && self.received_bytes + audio.len() as u64 > self.max_container_bytes
         {
             self.refuse(
                 "recording_too_large",
                 format!(
-                    "a recording may hold at most {} bytes; the lecture was finished with what was sent before this chunk",
-                    self.live.settings.max_recording_bytes
+                    "a recording may hold at most {} bytes (the longest lecture, or the audio \
+                     left of today's quota); the lecture was finished with what was sent before \
+                     this chunk",
+                    self.max_container_bytes
                 ),
                 None,
             );

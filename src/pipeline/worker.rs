@@ -624,6 +624,18 @@ fn graded(
         metrics::counter!("teachback_llm_tokens_total", "type" => "completion", "model" => model)
             .increment(usage.completion_tokens);
     }
+    // The learner-facing latencies, from the lecture's finish (or the re-grade request): to the
+    // first feedback token and to the score. The service-level objective is on the first.
+    if let Some(since_finish) = latency.since_finish_ms {
+        metrics::histogram!("teachback_finish_to_score_seconds", "grader" => grader.as_str())
+            .record(since_finish as f64 / 1e3);
+        if let Some(first) = latency.first_token_ms {
+            let to_first = since_finish.saturating_sub(latency.total_ms.saturating_sub(first));
+            metrics::histogram!("teachback_finish_to_first_token_seconds",
+                "grader" => grader.as_str())
+            .record(to_first as f64 / 1e3);
+        }
+    }
     Event::LectureGraded(LectureGraded {
         lecture_id,
         attempt,

@@ -20,7 +20,10 @@ on_both_backends!(
     quotas_refuse_in_the_learners_language_until_midnight_by_the_clock,
     the_spending_guard_grades_with_the_rubric_once_the_budget_is_nearly_spent,
 );
-sqlite_only!(a_live_lecture_ends_when_the_days_audio_minutes_run_out);
+sqlite_only!(
+    a_live_lecture_ends_when_the_days_audio_minutes_run_out,
+    uploaded_and_cancelled_audio_count_against_the_audio_quota,
+);
 
 /// POSTs to `path` (with a token when given) and returns the status, `Retry-After` and body.
 async fn post(
@@ -168,27 +171,26 @@ async fn every_limit_answers_429_with_retry_after_and_loses_nothing_accepted(db:
     )
     .await;
     assert_limited(&refused, "the third lecture start");
-    for url in &upload_urls {
-        let response = app
-            .http
+    // Uploads: refused attempts (a forged signature) count, two an hour; then even a forged one
+    // gets 429. A valid upload URL is never limited: its lecture was accepted.
+    let put = |url: String| {
+        app.http
             .put(url)
             .header("content-type", "audio/wav")
             .body(wav.clone())
             .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
+    };
+    let forged = format!("{}x", upload_urls[0]);
+    for _ in 0..2 {
+        assert_eq!(put(forged.clone()).await.unwrap().status(), 403);
     }
-    let response = app
-        .http
-        .put(&upload_urls[0])
-        .header("content-type", "audio/wav")
-        .body(wav.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = put(forged.clone()).await.unwrap();
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
+    for url in &upload_urls {
+        let response = put(url.clone()).await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
 
     // WebSocket connections: two per learner a minute, then the upgrade is refused with 429.
     let first = Ws::connect(&app, &token(1)).await;
@@ -506,4 +508,79 @@ async fn two_instances_on_postgres_share_their_limits() {
     assert_eq!(count(&events, "DeviceRegistered"), 4);
     drop((a, b));
     db.cleanup().await;
+}
+
+async fn uploaded_and_cancelled_audio_count_against_the_audio_quota(db: &TestDb) {
+    let app = spawn_app_with(db, |c| {
+        c.quota_audio_minutes_per_day = 1;
+    })
+    .await;
+    let token = crate::live_support::learner(&app).await;
+    // A cancelled live lecture's stored audio counts: 40 s recorded, then cancelled.
+    let mut ws = Ws::connect(&app, &token).await;
+    ws.start_pcm(TOPIC).await;
+    let chunk = vec![0u8; (RATE as usize / 10) * 2];
+    for seq in 1..=400 {
+        ws.send_audio(seq, &chunk).await;
+    }
+    ws.wait_ack(400).await;
+    ws.send_json(json!({"type": "cancel"})).await;
+    loop {
+        let (state, _) = ws.until("state").await;
+        if state["state"] == "cancelled" {
+            break;
+        }
+    }
+    drop(ws);
+    usage_caught_up(&app).await;
+    let user = app.get_json("/api/v1/me", Some(&token)).await["userId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let used = app.state.quotas.learner_today(user).await.unwrap();
+    assert!((39_000..=40_000).contains(&used.audio_ms), "{used:?}");
+
+    // An uploaded WAV counts its length (25 s): the minute is then used up.
+    let (status, _, body) = post(
+        &app,
+        "/api/v1/lectures",
+        Some(&token),
+        Some(json!({"topicId": TOPIC, "format": "wav"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let url = body["uploadUrl"].as_str().unwrap();
+    let path = &url[url.find("/api/v1/uploads/").unwrap()..];
+    let wav = teachback::live::segment::wav(&vec![0u8; RATE as usize * 2 * 25], RATE);
+    let response = app
+        .http
+        .put(app.url(path))
+        .header("content-type", "audio/wav")
+        .body(wav)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    usage_caught_up(&app).await;
+    let used = app.state.quotas.learner_today(user).await.unwrap();
+    assert!((64_000..=65_000).contains(&used.audio_ms), "{used:?}");
+    let (status, _, body) = post(
+        &app,
+        "/api/v1/lectures",
+        Some(&token),
+        Some(json!({"topicId": TOPIC, "format": "webm"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 minutes"),
+        "{body}"
+    );
 }

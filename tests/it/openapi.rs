@@ -212,3 +212,40 @@ async fn the_docs_page_loads_the_served_document(db: &TestDb) {
     let html = response.text().await.unwrap();
     assert!(html.contains("/api/openapi.json"), "{html}");
 }
+
+/// Every series the Prometheus alert rules use is one the server exports: its name appears as a
+/// metric name in the source (histograms without their `_bucket`/`_count`/`_sum` suffix).
+#[test]
+fn the_alert_rules_use_only_exported_series() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules = std::fs::read_to_string(format!("{root}/docker/prometheus/alerts.yml")).unwrap();
+    let mut source = String::new();
+    let mut dirs = vec![std::path::PathBuf::from(format!("{root}/src"))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let mut checked = 0;
+    for piece in rules.split("teachback_").skip(1) {
+        let name: String = piece
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        assert!(
+            source.contains(&format!("\"teachback_{base}\"")),
+            "the alert rules use teachback_{name}, which the server does not export"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} series found in the rules");
+}
