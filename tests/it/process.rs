@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use teachback_events::RecordedEvent;
 use tokio::process::{Child, Command};
 
@@ -475,4 +475,121 @@ async fn projections_are_rebuilt_by_the_cli_while_the_server_keeps_serving() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no projection called `nope`"));
     drop(server);
+}
+
+/// No secret of the configuration and no credential a client sends reaches the log, at debug
+/// level, through startup, requests with tokens in headers and query strings, the admin
+/// endpoints, a refresh, and provider calls that fail.
+#[tokio::test]
+async fn secrets_and_credentials_never_reach_the_log() {
+    let cwd = tempfile::tempdir().unwrap();
+    let secrets = [
+        ("TEACHBACK_ADMIN_TOKEN", "admin-secret-7f3a9c1e5b2d4f60a8c3"),
+        (
+            "TEACHBACK_JWT_SECRET",
+            "jwt-secret-0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a",
+        ),
+        (
+            "TEACHBACK_LLM_API_KEY",
+            "sk-llm-secret-4b6d8f0a2c4e6a8c0e2a",
+        ),
+        (
+            "TEACHBACK_STT_API_KEY",
+            "sk-stt-secret-9a7c5e3a1c9e7a5c3e1a",
+        ),
+        (
+            "TEACHBACK_NOTIFY_WEBHOOK_SECRET",
+            "webhook-secret-5e4d3c2b1a0f9e8d7c6b5a4f",
+        ),
+    ];
+    let port = free_port();
+    let mut env: Vec<(&str, &str)> = secrets.to_vec();
+    env.extend([
+        ("TEACHBACK_LOG", "debug"),
+        // Providers that refuse connections: their failures are logged.
+        ("TEACHBACK_LLM_URL", "http://127.0.0.1:9/v1"),
+        ("TEACHBACK_STT_URL", "http://127.0.0.1:9/v1"),
+        ("TEACHBACK_PROVIDER_RETRIES", "0"),
+        ("TEACHBACK_NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+    ]);
+    let mut server = start_with(cwd.path(), port, &env).await;
+    let http = reqwest::Client::new();
+    let learner = server.register().await;
+    let access = learner["accessToken"].as_str().unwrap().to_owned();
+    let device = learner["deviceToken"].as_str().unwrap().to_owned();
+    let base = &server.base;
+    // A token in a query string, on a path that exists and one that does not.
+    let missing = uuid::Uuid::now_v7();
+    for path in [
+        format!("/api/v1/lectures/{missing}/events?token={access}"),
+        format!("/api/v1/nowhere?token={access}&share={access}"),
+    ] {
+        let _ = http.get(format!("{base}{path}")).send().await.unwrap();
+    }
+    let refreshed: Value = http
+        .post(format!("{base}/api/v1/auth/refresh"))
+        .json(&json!({ "deviceToken": device }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh = refreshed["accessToken"].as_str().unwrap().to_owned();
+    for token in [secrets[0].1, "a-wrong-admin-token"] {
+        let _ = http
+            .get(format!("{base}/api/v1/admin/projections"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    // A text lecture: grading calls the (unreachable) model with its key, fails, and the rubric
+    // stands in.
+    let lecture: Value = http
+        .post(format!("{base}/api/v1/lectures"))
+        .bearer_auth(&fresh)
+        .json(&json!({"topicId": "cs.networking.tcp-vs-udp", "text": "TCP retransmits; UDP does not."}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = lecture["lectureId"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view: Value = http
+            .get(format!("{base}/api/v1/lectures/{id}"))
+            .bearer_auth(&fresh)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["processing"] == "graded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not graded: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&server.child, "-TERM");
+    assert!(server.child.wait().await.unwrap().success());
+    let log = std::fs::read_to_string(cwd.path().join("server.log")).unwrap();
+    assert!(log.contains("grading with the model failed"), "{log}");
+    assert!(
+        log.contains("/api/v1/nowhere"),
+        "requests are logged: {log}"
+    );
+    for (name, secret) in secrets {
+        assert!(!log.contains(secret), "{name} is in the log");
+    }
+    for (what, credential) in [
+        ("an access token", access.as_str()),
+        ("a refreshed access token", fresh.as_str()),
+        ("a device token", device.as_str()),
+    ] {
+        assert!(!log.contains(credential), "{what} is in the log");
+    }
 }
