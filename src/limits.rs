@@ -38,20 +38,23 @@ pub enum Action {
     Lectures,
     /// Text lectures.
     Text,
-    /// `PUT /api/v1/uploads/{id}`.
+    /// Refused `PUT /api/v1/uploads/{id}` attempts.
     Uploads,
+    /// Wrong admin tokens.
+    Admin,
     /// WebSocket connections (`/api/v1/live`, `/lectures/{id}/watch`).
     Sockets,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Devices,
         Action::Refresh,
         Action::Lectures,
         Action::Text,
         Action::Uploads,
         Action::Sockets,
+        Action::Admin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Action {
             Action::Text => "text",
             Action::Uploads => "uploads",
             Action::Sockets => "sockets",
+            Action::Admin => "admin",
         }
     }
 
@@ -74,6 +78,7 @@ impl Action {
             Action::Text => "text lectures",
             Action::Uploads => "uploads",
             Action::Sockets => "WebSocket connections",
+            Action::Admin => "wrong admin tokens",
         }
     }
 }
@@ -188,7 +193,7 @@ pub struct Rules {
 /// tight for a script.
 pub const DEFAULT_RULES: &str = "devices.ip=60/h, refresh.ip=600/h, refresh.learner=120/h, \
      lectures.ip=600/h, lectures.learner=60/h, text.ip=600/h, text.learner=60/h, \
-     uploads.ip=120/h, sockets.ip=600/min, sockets.learner=60/min, \
+     uploads.ip=120/h, admin.ip=20/h, sockets.ip=600/min, sockets.learner=60/min, \
      messages.connection=500/10s";
 
 impl Default for Rules {
@@ -254,7 +259,7 @@ impl Rules {
                 .ok_or_else(|| {
                     format!(
                         "`{action}` is not a limited action (devices, refresh, lectures, text, \
-                         uploads, sockets, messages)"
+                         uploads, admin, sockets, messages)"
                     )
                 })?;
             let scope = match scope {
@@ -267,11 +272,12 @@ impl Rules {
                     "devices are registered before there is a learner: use devices.ip".to_owned(),
                 );
             }
-            if action == Action::Uploads && scope == Scope::Learner {
-                return Err(
-                    "uploads are authorised by their signed URL, not a learner: use uploads.ip"
-                        .to_owned(),
-                );
+            if matches!(action, Action::Uploads | Action::Admin) && scope == Scope::Learner {
+                return Err(format!(
+                    "{} are counted per address, not per learner: use {}.ip",
+                    action.what(),
+                    action.as_str()
+                ));
             }
             match rate {
                 Some(rate) => self.limits.insert((action, scope), rate),
@@ -391,6 +397,38 @@ impl RateLimiter {
             self.take(action, Scope::Ip, rate, &key).await?;
         }
         Ok(())
+    }
+
+    /// Whether `ip` is past its `action` limit now, without counting anything (for limits on
+    /// failures: a client past it is refused before its attempt is even looked at).
+    pub async fn exhausted(&self, action: Action, ip: IpAddr) -> Option<Limited> {
+        let rate = self.rules.get(action, Scope::Ip)?;
+        let key = format!("{}:ip:{}", action.as_str(), ip_key(ip));
+        let (tat, now) = match &self.cells {
+            Cells::Memory(cells) => (cells.get(&key).map(|t| *t), now_us()),
+            Cells::Postgres(pool) => {
+                let row: Result<(Option<i64>, i64), sqlx::Error> = sqlx::query_as(&format!(
+                    "SELECT (SELECT tat FROM rate_limits WHERE key = $1), {DB_NOW_US}"
+                ))
+                .bind(&key)
+                .fetch_one(pool)
+                .await;
+                match row {
+                    Ok(row) => row,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rate limit check failed; allowing the request");
+                        return None;
+                    }
+                }
+            }
+        };
+        let (allowed, next) = gcra(tat?, now, rate);
+        (!allowed).then(|| Limited {
+            action,
+            scope: Scope::Ip,
+            rate,
+            retry_after: Duration::from_micros((next - rate.per_us() - now).max(0) as u64),
+        })
     }
 
     /// Counts one `action` by `learner` against their limit only.
@@ -716,6 +754,7 @@ mod tests {
         for bad in [
             "devices.learner=1/s",
             "uploads.learner=1/s",
+            "admin.learner=1/s",
             "nothing.ip=1/s",
             "devices.everyone=1/s",
             "devices",

@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 use teachback_events::{CatalogEntry, Localized, LocalizedList, TopicPublished};
 
 use super::error::{ApiError, Result};
-use super::extract::{ApiJson, RequestMeta};
+use super::extract::{ApiJson, ClientIp, RequestMeta};
 use super::{AppState, POSITION_HEADER};
 use crate::catalog::{self, IfExists, PublishError};
+use crate::limits::Action;
 
 /// Longest topic, major or subject id.
 pub const MAX_ID_CHARS: usize = 100;
@@ -44,6 +45,15 @@ impl FromRequestParts<AppState> for AdminAuth {
             // Not configured: the admin endpoints do not exist.
             return Err(ApiError::not_found("not_found", "no such endpoint"));
         };
+        // Wrong tokens are limited per address: a client past the limit is refused before its
+        // token is even compared, so guessing cannot go faster than the limit.
+        let ClientIp(ip) = match ClientIp::from_request_parts(parts, state).await {
+            Ok(ip) => ip,
+            Err(never) => match never {},
+        };
+        if let Some(limited) = state.limits.exhausted(Action::Admin, ip).await {
+            return Err(limited.into());
+        }
         let token = parts
             .headers
             .get(AUTHORIZATION)
@@ -58,10 +68,14 @@ impl FromRequestParts<AppState> for AdminAuth {
             Some(token) if digests_equal(&Sha256::digest(token.as_bytes()).into(), &expected) => {
                 Ok(AdminAuth)
             }
-            _ => Err(ApiError::unauthorized(
-                "invalid_admin_token",
-                "this endpoint needs `Authorization: Bearer <admin token>` with the admin token",
-            )),
+            _ => {
+                // Counts the failure (a refusal here only means this one was the last allowed).
+                let _ = state.limits.check(Action::Admin, ip, None).await;
+                Err(ApiError::unauthorized(
+                    "invalid_admin_token",
+                    "this endpoint needs `Authorization: Bearer <admin token>` with the admin token",
+                ))
+            }
         }
     }
 }

@@ -71,6 +71,8 @@ fn count(events: &[RecordedEvent], event_type: &str) -> usize {
     events.iter().filter(|e| e.event_type == event_type).count()
 }
 
+const ADMIN: &str = "limits-test-admin-token-1234567890";
+
 /// The signing secret of servers that must accept each other's tokens.
 const SECRET: &str = "limits-test-signing-secret-0123456789abcdef";
 
@@ -81,8 +83,9 @@ fn text_lecture() -> Value {
 async fn every_limit_answers_429_with_retry_after_and_loses_nothing_accepted(db: &TestDb) {
     let app = spawn_app_with(db, |c| {
         c.rate_limits = "only:devices.ip=3/h, refresh.ip=4/h, lectures.learner=2/h, \
-             text.learner=2/h, uploads.ip=2/h, sockets.learner=2/min"
+             text.learner=2/h, uploads.ip=2/h, sockets.learner=2/min, admin.ip=2/h"
             .into();
+        c.admin_token = Some(ADMIN.to_owned().into());
     })
     .await;
 
@@ -210,6 +213,22 @@ async fn every_limit_answers_429_with_retry_after_and_loses_nothing_accepted(db:
         other => panic!("a third socket was not refused: {:?}", other.map(|_| ())),
     }
     drop((first, second));
+
+    // Wrong admin tokens: two a hour, then every admin request from the address is refused
+    // before its token is looked at, the right one too (guessing cannot go faster).
+    let admin = |token: &'static str| {
+        app.http
+            .get(app.url("/api/v1/admin/projections"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(admin(ADMIN).await.unwrap().status(), 200);
+    for _ in 0..2 {
+        assert_eq!(admin("not-the-admin-token").await.unwrap().status(), 401);
+    }
+    let refused = admin(ADMIN).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
 
     // Nothing accepted was lost: three learners, and every accepted lecture, in the log and in
     // the read models; no refused request wrote anything.
