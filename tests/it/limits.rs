@@ -53,6 +53,37 @@ async fn post(
     (status, retry_after, body)
 }
 
+/// `POST /api/v1/lectures` for a recording of `format` to upload.
+async fn start_upload(app: &TestApp, token: &str, format: &str) -> (u16, Option<u64>, Value) {
+    let body = json!({"topicId": TOPIC, "format": format});
+    post(app, "/api/v1/lectures", Some(token), Some(body), &[]).await
+}
+
+/// The upload URL of a created lecture, on this server (the URL names the configured public
+/// address; the test server listens elsewhere).
+fn upload_url(app: &TestApp, created: &Value) -> String {
+    let url = created["uploadUrl"].as_str().unwrap();
+    app.url(&url[url.find("/api/v1/uploads/").unwrap()..])
+}
+
+/// Sends `seconds` of silent PCM in 100 ms chunks.
+async fn send_silence(ws: &mut Ws, seconds: u64) {
+    let chunk = vec![0u8; (RATE as usize / 10) * 2];
+    for seq in 1..=seconds * 10 {
+        ws.send_audio(seq, &chunk).await;
+    }
+}
+
+/// Reads frames until the lecture's state is `state`.
+async fn until_state(ws: &mut Ws, state: &str) {
+    loop {
+        let (frame, _) = ws.until("state").await;
+        if frame["state"] == state {
+            return;
+        }
+    }
+}
+
 /// Asserts a `429 rate_limited` with a `Retry-After` that matches the body.
 fn assert_limited((status, retry_after, body): &(u16, Option<u64>, Value), what: &str) -> u64 {
     assert_eq!(*status, 429, "{what}: {body}");
@@ -150,29 +181,12 @@ async fn every_limit_answers_429_with_retry_after_and_loses_nothing_accepted(db:
     let wav = teachback::live::segment::wav(&vec![0u8; 3_200], RATE);
     let mut upload_urls = Vec::new();
     for _ in 0..2 {
-        let (status, _, body) = post(
-            &app,
-            "/api/v1/lectures",
-            Some(&token(2)),
-            Some(json!({"topicId": TOPIC, "format": "wav"})),
-            &[],
-        )
-        .await;
+        let (status, _, body) = start_upload(&app, &token(2), "wav").await;
         assert_eq!(status, 201, "{body}");
         accepted.push(body["lectureId"].as_str().unwrap().to_owned());
-        // The URL names the configured public address; this server listens elsewhere.
-        let url = body["uploadUrl"].as_str().unwrap();
-        let path = &url[url.find("/api/v1/uploads/").unwrap()..];
-        upload_urls.push(app.url(path));
+        upload_urls.push(upload_url(&app, &body));
     }
-    let refused = post(
-        &app,
-        "/api/v1/lectures",
-        Some(&token(2)),
-        Some(json!({"topicId": TOPIC, "format": "wav"})),
-        &[],
-    )
-    .await;
+    let refused = start_upload(&app, &token(2), "wav").await;
     assert_limited(&refused, "the third lecture start");
     // Uploads: refused attempts (a forged signature) count, two an hour; then even a forged one
     // gets 429. A valid upload URL is never limited: its lecture was accepted.
@@ -473,17 +487,9 @@ async fn a_live_lecture_ends_when_the_days_audio_minutes_run_out(db: &TestDb) {
     let token = crate::live_support::learner(&app).await;
     let mut ws = Ws::connect(&app, &token).await;
     let lecture = ws.start_pcm(TOPIC).await;
-    // 70 s of audio in 100 ms chunks: the lecture is finished at the minute.
-    let chunk = vec![0u8; (RATE as usize / 10) * 2];
-    for seq in 1..=700 {
-        ws.send_audio(seq, &chunk).await;
-    }
-    loop {
-        let (state, _) = ws.until("state").await;
-        if state["state"] == "finished" {
-            break;
-        }
-    }
+    // 70 s of audio: the lecture is finished at the minute.
+    send_silence(&mut ws, 70).await;
+    until_state(&mut ws, "finished").await;
     let view = app
         .get_json(&format!("/api/v1/lectures/{lecture}"), Some(&token))
         .await;
@@ -538,18 +544,10 @@ async fn uploaded_and_cancelled_audio_count_against_the_audio_quota(db: &TestDb)
     // A cancelled live lecture's stored audio counts: 40 s recorded, then cancelled.
     let mut ws = Ws::connect(&app, &token).await;
     ws.start_pcm(TOPIC).await;
-    let chunk = vec![0u8; (RATE as usize / 10) * 2];
-    for seq in 1..=400 {
-        ws.send_audio(seq, &chunk).await;
-    }
+    send_silence(&mut ws, 40).await;
     ws.wait_ack(400).await;
     ws.send_json(json!({"type": "cancel"})).await;
-    loop {
-        let (state, _) = ws.until("state").await;
-        if state["state"] == "cancelled" {
-            break;
-        }
-    }
+    until_state(&mut ws, "cancelled").await;
     drop(ws);
     usage_caught_up(&app).await;
     let user = app.get_json("/api/v1/me", Some(&token)).await["userId"]
@@ -561,21 +559,12 @@ async fn uploaded_and_cancelled_audio_count_against_the_audio_quota(db: &TestDb)
     assert!((39_000..=40_000).contains(&used.audio_ms), "{used:?}");
 
     // An uploaded WAV counts its length (25 s): the minute is then used up.
-    let (status, _, body) = post(
-        &app,
-        "/api/v1/lectures",
-        Some(&token),
-        Some(json!({"topicId": TOPIC, "format": "wav"})),
-        &[],
-    )
-    .await;
+    let (status, _, body) = start_upload(&app, &token, "wav").await;
     assert_eq!(status, 201, "{body}");
-    let url = body["uploadUrl"].as_str().unwrap();
-    let path = &url[url.find("/api/v1/uploads/").unwrap()..];
     let wav = teachback::live::segment::wav(&vec![0u8; RATE as usize * 2 * 25], RATE);
     let response = app
         .http
-        .put(app.url(path))
+        .put(upload_url(&app, &body))
         .header("content-type", "audio/wav")
         .body(wav)
         .send()
@@ -585,14 +574,7 @@ async fn uploaded_and_cancelled_audio_count_against_the_audio_quota(db: &TestDb)
     usage_caught_up(&app).await;
     let used = app.state.quotas.learner_today(user).await.unwrap();
     assert!((64_000..=65_000).contains(&used.audio_ms), "{used:?}");
-    let (status, _, body) = post(
-        &app,
-        "/api/v1/lectures",
-        Some(&token),
-        Some(json!({"topicId": TOPIC, "format": "webm"})),
-        &[],
-    )
-    .await;
+    let (status, _, body) = start_upload(&app, &token, "webm").await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "quota_exceeded");
     assert!(
