@@ -402,7 +402,7 @@ async fn recover_lectures(
 
 /// Creates the data dir if it is missing. A new one is private to the server's user (0700): it
 /// holds the database and the signing secret. An existing one is left as the operator set it.
-fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     if dir.exists() {
         return Ok(());
     }

@@ -40,6 +40,38 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Write the event log as JSON Lines (the stored bytes; same ids, versions and positions),
+    /// filtered by stream prefix, event type and time.
+    Export {
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Only events of streams whose name starts with this (`user-`, `lecture-01…`).
+        #[arg(long)]
+        stream_prefix: Option<String>,
+        /// Only events of this type (repeat for several: `--type LectureGraded --type …`).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Only events recorded at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<jiff::Timestamp>,
+        /// Only events recorded before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<jiff::Timestamp>,
+        /// Print a JSON summary (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read an export into an empty store (migrating a new database first), in one
+    /// transaction. Moves a deployment between SQLite and PostgreSQL; the server rebuilds its
+    /// read models from the imported log when it starts.
+    Import {
+        /// The JSON Lines file `teachback export` wrote (`-`: standard input).
+        file: std::path::PathBuf,
+        /// Print a JSON summary (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
     /// Load-test live lectures: N learners stream real-time audio; report ack latency and loss.
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Grade a finished lecture again with the current providers (the earlier grades stay in
@@ -131,6 +163,23 @@ pub async fn main() -> anyhow::Result<()> {
                 },
         } => tail(&cli.config, from, follow, stream_prefix).await,
         Command::Projections { command } => projections(&cli.config, command).await,
+        Command::Export {
+            out,
+            stream_prefix,
+            types,
+            since,
+            until,
+            json,
+        } => {
+            let filter = crate::store::archive::Filter {
+                stream_prefix,
+                types,
+                since,
+                until,
+            };
+            export(&cli.config, &filter, out, json).await
+        }
+        Command::Import { file, json } => import(&cli.config, &file, json).await,
         Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Regrade { lecture, reason } => regrade(&cli.config, lecture, reason).await,
         Command::Speak(args) => crate::speak::run(args).await,
@@ -278,6 +327,82 @@ async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Re
         }
     }
     db.close().await;
+    Ok(())
+}
+
+/// A progress bar on stderr, or none for `--json`.
+fn progress_bar(json: bool, message: &str, length: u64) -> anyhow::Result<indicatif::ProgressBar> {
+    if json {
+        return Ok(indicatif::ProgressBar::hidden());
+    }
+    let bar = indicatif::ProgressBar::new(length).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta})")?
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_owned());
+    Ok(bar)
+}
+
+async fn export(
+    config: &Config,
+    filter: &crate::store::archive::Filter,
+    out: Option<std::path::PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
+    db.ping_log()
+        .await
+        .context("no event log here: check TEACHBACK_DATABASE_URL or TEACHBACK_DATA_DIR")?;
+    let total = crate::store::archive::count(&db, filter).await?;
+    let bar = progress_bar(json || out.is_none(), "exporting", total)?;
+    let mut writer: Box<dyn Write> = match &out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let summary =
+        crate::store::archive::export(&db, filter, &mut writer, &|n| bar.set_position(n)).await?;
+    drop(writer);
+    bar.finish_and_clear();
+    db.close().await;
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!("exported {} events", summary.events);
+    }
+    Ok(())
+}
+
+async fn import(config: &Config, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    if config.database_url.is_none() {
+        crate::app::create_data_dir(&config.data_dir)?;
+    }
+    let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
+    db.migrate().await?;
+    let mut input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin().lock()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ))
+    };
+    let bar = progress_bar(json, "importing", 0)?;
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{msg} {pos} events ({per_sec})",
+    )?);
+    let imported = crate::store::archive::import(&db, &mut input, &|n| bar.set_position(n)).await;
+    bar.finish_and_clear();
+    db.close().await;
+    let summary = imported.map_err(|e| anyhow::anyhow!("import refused, nothing written: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!(
+            "imported {} events; start the server to build the read models from them",
+            summary.events
+        );
+    }
     Ok(())
 }
 

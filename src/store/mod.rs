@@ -11,6 +11,7 @@
 //! Positions are opaque ordered `u64`s. Readers ask for events *after* a position and never
 //! assume positions are dense.
 
+pub mod archive;
 mod plan;
 mod postgres;
 mod row;

@@ -6,6 +6,7 @@
 //! The S3 blob store test (cargo feature `s3`) reads `TEACHBACK_TEST_S3_ENDPOINT` the same way;
 //! `.ci/run` starts moto's S3 server and sets it too.
 
+mod archive;
 mod authz;
 #[cfg(feature = "s3")]
 mod blob_s3;

@@ -593,3 +593,51 @@ async fn secrets_and_credentials_never_reach_the_log() {
         assert!(!log.contains(credential), "{what} is in the log");
     }
 }
+
+/// `teachback export` and `teachback import` as a support engineer runs them: a server's log
+/// into a file, into a new data directory, out again unchanged; a second import is refused.
+#[tokio::test]
+async fn export_and_import_move_a_log_to_a_new_data_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = start(cwd.path(), free_port()).await;
+    for _ in 0..5 {
+        server.register().await;
+    }
+    signal(&server.child, "-TERM");
+    assert!(server.child.wait().await.unwrap().success());
+
+    let file = cwd.path().join("log.jsonl");
+    let file = file.to_str().unwrap();
+    let summary: Value =
+        serde_json::from_str(&run_cli(cwd.path(), &["export", "--out", file, "--json"]).await)
+            .unwrap();
+    assert!(summary["events"].as_u64().unwrap() >= 10, "{summary}");
+    let exported = std::fs::read(file).unwrap();
+
+    let moved = tempfile::tempdir().unwrap();
+    let data = moved.path().join("data");
+    let data = data.to_str().unwrap();
+    let import = |args: Vec<&str>| {
+        let mut cmd = teachback(moved.path());
+        cmd.env("TEACHBACK_DATA_DIR", data).args(args);
+        cmd
+    };
+    let out = import(vec!["import", file, "--json"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(imported["events"], summary["events"]);
+    assert_eq!(imported["lastPosition"], summary["lastPosition"]);
+
+    let again = moved.path().join("again.jsonl");
+    let out = import(vec!["export", "--out", again.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read(&again).unwrap() == exported, "the log changed on the way");
+
+    let out = import(vec!["import", file]).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not empty"), "{stderr}");
+}

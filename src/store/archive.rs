@@ -1,0 +1,276 @@
+//! The log as JSON Lines, byte for byte: `teachback export` and `teachback import`.
+//!
+//! One line per event, in global order: position, id, stream, version, type, schema version,
+//! time, and the metadata and payload exactly as stored (embedded as JSON, not re-encoded).
+//! Importing into an empty store writes the same rows (same positions, ids, versions, times and
+//! bytes), so export → import → export gives the same file, on either database: this is how a
+//! deployment moves between SQLite and PostgreSQL. The read models are not exported; they are
+//! folds of the log and a server rebuilds them from it at start.
+
+use std::io::{BufRead, Write};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::row::{prefix_len, to_db};
+use crate::db::Db;
+use crate::{with_pool, with_tx};
+
+/// Which events an export takes.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Streams whose name starts with this.
+    pub stream_prefix: Option<String>,
+    /// Only these event types (none: every type).
+    pub types: Vec<String>,
+    /// Recorded at or after.
+    pub since: Option<Timestamp>,
+    /// Recorded before.
+    pub until: Option<Timestamp>,
+}
+
+/// One event as a line of the archive.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchivedEvent {
+    pub position: u64,
+    pub id: Uuid,
+    pub stream: String,
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub recorded_at: Timestamp,
+    pub metadata: Box<RawValue>,
+    pub payload: Box<RawValue>,
+}
+
+/// What an export or an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub events: u64,
+    pub first_position: Option<u64>,
+    pub last_position: Option<u64>,
+}
+
+impl Summary {
+    fn add(&mut self, position: u64) {
+        self.events += 1;
+        self.first_position.get_or_insert(position);
+        self.last_position = Some(position);
+    }
+}
+
+/// Why an import was refused. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("the store is not empty ({0} events): import only into a new, empty database")]
+    NotEmpty(u64),
+    #[error("line {line}: {reason}")]
+    BadLine { line: u64, reason: String },
+    #[error("reading the archive: {0}")]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+type Row = (i64, Uuid, String, i64, String, i32, i64, String, String);
+
+/// Rows read per query.
+const PAGE: i64 = 1_000;
+
+/// The `WHERE` clause of a filter, after `position > $1`; binds start at `$2`.
+fn conditions(filter: &Filter) -> (String, Vec<Bind>) {
+    let mut sql = String::new();
+    let mut binds = Vec::new();
+    let mut next = 2;
+    if let Some(prefix) = &filter.stream_prefix {
+        sql.push_str(&format!(" AND substr(stream, 1, ${next}) = ${}", next + 1));
+        binds.push(Bind::Int(i64::from(prefix_len(prefix))));
+        binds.push(Bind::Text(prefix.clone()));
+        next += 2;
+    }
+    if !filter.types.is_empty() {
+        let placeholders: Vec<String> = (0..filter.types.len())
+            .map(|i| format!("${}", next + i))
+            .collect();
+        sql.push_str(&format!(" AND event_type IN ({})", placeholders.join(", ")));
+        binds.extend(filter.types.iter().cloned().map(Bind::Text));
+        next += filter.types.len();
+    }
+    if let Some(since) = filter.since {
+        sql.push_str(&format!(" AND recorded_at >= ${next}"));
+        binds.push(Bind::Int(since.as_microsecond()));
+        next += 1;
+    }
+    if let Some(until) = filter.until {
+        sql.push_str(&format!(" AND recorded_at < ${next}"));
+        binds.push(Bind::Int(until.as_microsecond()));
+    }
+    (sql, binds)
+}
+
+#[derive(Debug, Clone)]
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// How many events `filter` takes (for a progress bar).
+pub async fn count(db: &Db, filter: &Filter) -> Result<u64, sqlx::Error> {
+    let (conditions, binds) = conditions(filter);
+    let sql = format!("SELECT COUNT(*) FROM events WHERE position > $1{conditions}");
+    let n: i64 = with_pool!(db, pool => {
+        let mut query = sqlx::query_scalar(&sql).bind(0i64);
+        for bind in &binds {
+            query = match bind {
+                Bind::Int(i) => query.bind(*i),
+                Bind::Text(t) => query.bind(t.clone()),
+            };
+        }
+        query.fetch_one(pool).await?
+    });
+    Ok(n as u64)
+}
+
+/// Writes the events `filter` takes to `out`, one JSON line each, in global order; `progress`
+/// is told how many are written so far.
+pub async fn export(
+    db: &Db,
+    filter: &Filter,
+    out: &mut dyn Write,
+    progress: &dyn Fn(u64),
+) -> anyhow::Result<Summary> {
+    let (conditions, binds) = conditions(filter);
+    let sql = format!(
+        "SELECT position, id, stream, version, event_type, schema_version, recorded_at, \
+         metadata, payload FROM events WHERE position > $1{conditions} ORDER BY position \
+         LIMIT {PAGE}"
+    );
+    let mut after = 0i64;
+    let mut summary = Summary::default();
+    loop {
+        let rows: Vec<Row> = with_pool!(db, pool => {
+            let mut query = sqlx::query_as(&sql).bind(after);
+            for bind in &binds {
+                query = match bind {
+                    Bind::Int(i) => query.bind(*i),
+                    Bind::Text(t) => query.bind(t.clone()),
+                };
+            }
+            query.fetch_all(pool).await?
+        });
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
+        };
+        for (position, id, stream, version, event_type, schema_version, at, metadata, payload) in
+            rows
+        {
+            let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+                anyhow::anyhow!("the event at position {position} has a corrupt {what}: {e}")
+            };
+            let line = ArchivedEvent {
+                position: position as u64,
+                id,
+                stream,
+                version: version as u64,
+                event_type,
+                schema_version: schema_version as u32,
+                recorded_at: Timestamp::from_microsecond(at).map_err(|e| corrupt("time", &e))?,
+                metadata: RawValue::from_string(metadata).map_err(|e| corrupt("metadata", &e))?,
+                payload: RawValue::from_string(payload).map_err(|e| corrupt("payload", &e))?,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+            summary.add(position as u64);
+        }
+        progress(summary.events);
+        after = last;
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+/// Reads an archive into an empty store, in one transaction: every event or none. Lines must be
+/// in increasing position order; blank lines are skipped. `progress` is told how many events
+/// are read so far.
+pub async fn import(
+    db: &Db,
+    input: &mut dyn BufRead,
+    progress: &dyn Fn(u64),
+) -> Result<Summary, ImportError> {
+    let existing: i64 = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(pool).await?
+    });
+    if existing > 0 {
+        return Err(ImportError::NotEmpty(existing as u64));
+    }
+    let mut tx = db.begin_write().await?;
+    let mut summary = Summary::default();
+    let mut previous = 0u64;
+    let mut line_no = 0u64;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        if input.read_line(&mut text)? == 0 {
+            break;
+        }
+        line_no += 1;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| ImportError::BadLine {
+            line: line_no,
+            reason,
+        };
+        let event: ArchivedEvent =
+            serde_json::from_str(text.trim_end()).map_err(|e| bad(format!("{e}")))?;
+        if event.position <= previous {
+            return Err(bad(format!(
+                "position {} does not follow {previous}: events must be in increasing order",
+                event.position
+            )));
+        }
+        if event.position > i64::MAX as u64 || event.version > i64::MAX as u64 {
+            return Err(bad("position or version out of range".into()));
+        }
+        previous = event.position;
+        let inserted = with_tx!(&mut tx, conn => {
+            sqlx::query(
+                "INSERT INTO events (position, id, stream, version, event_type, schema_version, \
+                 recorded_at, metadata, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(to_db(event.position))
+            .bind(event.id)
+            .bind(&event.stream)
+            .bind(to_db(event.version))
+            .bind(&event.event_type)
+            .bind(event.schema_version as i32)
+            .bind(event.recorded_at.as_microsecond())
+            .bind(event.metadata.get())
+            .bind(event.payload.get())
+            .execute(conn)
+            .await
+            .map(|_| ())
+        });
+        if let Err(e) = inserted {
+            return Err(match &e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => bad(format!(
+                    "a duplicate id, or a duplicate version of `{}`",
+                    event.stream
+                )),
+                _ => ImportError::Db(e),
+            });
+        }
+        summary.add(event.position);
+        if summary.events % PAGE as u64 == 0 {
+            progress(summary.events);
+        }
+    }
+    tx.commit().await?;
+    progress(summary.events);
+    Ok(summary)
+}
