@@ -72,6 +72,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a lecture as it happened: its frames (segments, transcripts, feedback, the grade)
+    /// with their original timing, printed or served to WebSocket observers as a live watch.
+    Replay {
+        /// The lecture's id.
+        lecture: uuid::Uuid,
+        /// Play this many times faster than it happened.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Do not wait between frames.
+        #[arg(long)]
+        instant: bool,
+        /// Print each frame as JSON (`{"atMs": …, "frame": …}`), not as a line of text.
+        #[arg(long)]
+        json: bool,
+        /// Serve the replay at `ws://ADDR/api/v1/lectures/<id>/watch` to every observer that
+        /// connects (each from the start) until Ctrl-C, instead of printing it.
+        #[arg(long)]
+        serve: Option<std::net::SocketAddr>,
+    },
     /// Load-test live lectures: N learners stream real-time audio; report ack latency and loss.
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Grade a finished lecture again with the current providers (the earlier grades stay in
@@ -180,6 +199,13 @@ pub async fn main() -> anyhow::Result<()> {
             export(&cli.config, &filter, out, json).await
         }
         Command::Import { file, json } => import(&cli.config, &file, json).await,
+        Command::Replay {
+            lecture,
+            speed,
+            instant,
+            json,
+            serve,
+        } => replay(&cli.config, lecture, speed, instant, json, serve).await,
         Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Regrade { lecture, reason } => regrade(&cli.config, lecture, reason).await,
         Command::Speak(args) => crate::speak::run(args).await,
@@ -327,6 +353,64 @@ async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Re
         }
     }
     db.close().await;
+    Ok(())
+}
+
+async fn replay(
+    config: &Config,
+    lecture: uuid::Uuid,
+    speed: f64,
+    instant: bool,
+    json: bool,
+    serve: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    use crate::replay::{self, Pace};
+    if !(speed.is_finite() && speed > 0.0) {
+        anyhow::bail!("--speed must be a positive number, not {speed}");
+    }
+    let (db, store) = open_log(config).await?;
+    let events = store
+        .read_stream_all(&teachback_events::streams::lecture(lecture))
+        .await?;
+    db.close().await;
+    if events.is_empty() {
+        anyhow::bail!("no lecture {lecture} in this log");
+    }
+    let frames = replay::timeline(&events);
+    let pace = if instant {
+        Pace::Instant
+    } else {
+        Pace::Speed(speed)
+    };
+    if let Some(addr) = serve {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "serving {} frames of lecture {lecture} at {} (Ctrl-C to stop)",
+            frames.len(),
+            replay::watch_url(addr, lecture)
+        );
+        return replay::serve(listener, lecture, frames, pace, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    }
+    let mut out = std::io::stdout().lock();
+    replay::play(&frames, pace, async |frame: &replay::Frame| {
+        let line = if json {
+            format!(
+                "{{\"atMs\":{},\"frame\":{}}}",
+                frame.at.as_millis(),
+                frame.message.to_json()
+            )
+        } else {
+            replay::describe(frame)
+        };
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    })
+    .await;
     Ok(())
 }
 

@@ -16,6 +16,7 @@
 //! - [`pipeline`]: transcription while the learner talks, then grading, streamed to the learner.
 //! - [`rankings`]: the in-memory ranking boards, following the learning read model.
 //! - [`analytics`]: the team's numbers, from the learning read model.
+//! - [`replay`]: a lecture's timeline from the log, printed with its timing or served as a watch.
 //! - [`limits`]: rate limits per client address and learner (shared through PostgreSQL).
 //! - [`usage`]: daily quotas per learner and the spending guard, from the usage read model.
 //! - [`http`]: the HTTP API: routes, errors, extractors.
@@ -42,6 +43,7 @@ pub mod pipeline;
 pub mod projection;
 pub mod provider;
 pub mod rankings;
+pub mod replay;
 pub mod speak;
 pub mod store;
 pub mod usage;

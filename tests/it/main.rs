@@ -24,6 +24,7 @@ mod pages;
 mod pipeline;
 mod process;
 mod projection_runner;
+mod replay;
 mod rubric_eval;
 mod store_contract;
 mod support;
