@@ -72,6 +72,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Audit tools over the log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Replay a lecture as it happened: its frames (segments, transcripts, feedback, the grade)
     /// with their original timing, printed or served to WebSocket observers as a live watch.
     Replay {
@@ -146,6 +151,21 @@ pub enum ProjectionsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Everything a learner did and everything done to their data, in log order: their own
+    /// events, events they acted in, events naming them, and their lectures' and nudges'
+    /// events (by them, someone else, or the system).
+    Trail {
+        /// The learner's id.
+        #[arg(long)]
+        user: uuid::Uuid,
+        /// One JSON object a line (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum EventsCommand {
     /// Print events as JSON lines, in global order.
     Tail {
@@ -199,6 +219,9 @@ pub async fn main() -> anyhow::Result<()> {
             export(&cli.config, &filter, out, json).await
         }
         Command::Import { file, json } => import(&cli.config, &file, json).await,
+        Command::Audit {
+            command: AuditCommand::Trail { user, json },
+        } => audit_trail(&cli.config, user, json).await,
         Command::Replay {
             lecture,
             speed,
@@ -353,6 +376,34 @@ async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Re
         }
     }
     db.close().await;
+    Ok(())
+}
+
+async fn audit_trail(config: &Config, user: uuid::Uuid, json: bool) -> anyhow::Result<()> {
+    let (db, store) = open_log(config).await?;
+    let bar = progress_bar(json, "reading the log", 0)?;
+    let entries = crate::audit::trail(&store, user, &|at, head| {
+        bar.set_length(head);
+        bar.set_position(at);
+    })
+    .await?;
+    bar.finish_and_clear();
+    db.close().await;
+    let mut out = std::io::stdout().lock();
+    for entry in &entries {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(entry)?)?;
+        } else {
+            writeln!(
+                out,
+                "{:>10}  {}  {:<30} {:<12} {}",
+                entry.position, entry.recorded_at, entry.event_type, entry.by, entry.stream
+            )?;
+        }
+    }
+    if !json {
+        eprintln!("{} events concern learner {user}", entries.len());
+    }
     Ok(())
 }
 

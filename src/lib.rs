@@ -16,6 +16,7 @@
 //! - [`pipeline`]: transcription while the learner talks, then grading, streamed to the learner.
 //! - [`rankings`]: the in-memory ranking boards, following the learning read model.
 //! - [`analytics`]: the team's numbers, from the learning read model.
+//! - [`audit`]: audit tools over the log (a learner's trail).
 //! - [`replay`]: a lecture's timeline from the log, printed with its timing or served as a watch.
 //! - [`limits`]: rate limits per client address and learner (shared through PostgreSQL).
 //! - [`usage`]: daily quotas per learner and the spending guard, from the usage read model.
@@ -25,6 +26,7 @@
 
 pub mod analytics;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod blob;
 pub mod catalog;

@@ -7,6 +7,7 @@
 //! `.ci/run` starts moto's S3 server and sets it too.
 
 mod archive;
+mod audit;
 mod authz;
 #[cfg(feature = "s3")]
 mod blob_s3;
