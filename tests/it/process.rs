@@ -622,8 +622,15 @@ async fn export_and_import_move_a_log_to_a_new_data_directory() {
         cmd.env("TEACHBACK_DATA_DIR", data).args(args);
         cmd
     };
-    let out = import(vec!["import", file, "--json"]).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = import(vec!["import", file, "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(imported["events"], summary["events"]);
     assert_eq!(imported["lastPosition"], summary["lastPosition"]);
@@ -634,7 +641,10 @@ async fn export_and_import_move_a_log_to_a_new_data_directory() {
         .await
         .unwrap();
     assert!(out.status.success());
-    assert!(std::fs::read(&again).unwrap() == exported, "the log changed on the way");
+    assert!(
+        std::fs::read(&again).unwrap() == exported,
+        "the log changed on the way"
+    );
 
     let out = import(vec!["import", file]).output().await.unwrap();
     assert!(!out.status.success());
