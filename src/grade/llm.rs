@@ -482,3 +482,212 @@ mod tests {
         assert!(parse(r#"{"feedback": "no score"}"#).is_err());
     }
 }
+
+/// Property tests: the streamed feedback prose of any JSON object, split anywhere, is the
+/// `feedback` string serde_json reads (escapes and surrogate pairs included), and a grade's own
+/// JSON parses back to it.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use std::fmt::Write;
+
+    use super::*;
+
+    /// How one character of a JSON string is written.
+    #[derive(Debug, Clone, Copy)]
+    enum Style {
+        /// As itself (when JSON allows), else as its short escape or `\u`.
+        Plain,
+        /// As its short escape (`\n`, `\"`, `\/`…) when it has one, else `\u`.
+        Short,
+        /// As `\uXXXX` (a surrogate pair beyond the BMP), lowercase or uppercase hex.
+        Unicode { upper: bool },
+    }
+
+    fn style() -> impl Strategy<Value = Style> {
+        prop_oneof![
+            4 => Just(Style::Plain),
+            1 => Just(Style::Short),
+            1 => any::<bool>().prop_map(|upper| Style::Unicode { upper }),
+        ]
+    }
+
+    fn short_escape(c: char) -> Option<&'static str> {
+        Some(match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '/' => "\\/",
+            '\n' => "\\n",
+            '\t' => "\\t",
+            '\r' => "\\r",
+            '\u{8}' => "\\b",
+            '\u{c}' => "\\f",
+            _ => return None,
+        })
+    }
+
+    /// Writes `text` as a JSON string with the given styles (cycled); returns the JSON and the
+    /// prose [`FeedbackText`] gives for it (it drops `\r`, `\b` and `\f` written as short
+    /// escapes, and keeps everything else).
+    fn encode(text: &str, styles: &[Style]) -> (String, String) {
+        let (mut json, mut prose) = (String::from("\""), String::new());
+        for (c, style) in text.chars().zip(styles.iter().cycle()) {
+            let unicode = |json: &mut String, upper: bool| {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    if upper {
+                        write!(json, "\\u{unit:04X}").unwrap();
+                    } else {
+                        write!(json, "\\u{unit:04x}").unwrap();
+                    }
+                }
+            };
+            let plain_ok = !matches!(c, '"' | '\\') && c >= ' ';
+            let mut dropped = false;
+            match style {
+                Style::Plain if plain_ok => json.push(c),
+                Style::Plain | Style::Short => match short_escape(c) {
+                    Some(e) => {
+                        json.push_str(e);
+                        dropped = matches!(c, '\r' | '\u{8}' | '\u{c}');
+                    }
+                    None => unicode(&mut json, false),
+                },
+                Style::Unicode { upper } => unicode(&mut json, *upper),
+            }
+            if !dropped {
+                prose.push(c);
+            }
+        }
+        json.push('"');
+        (json, prose)
+    }
+
+    /// Feeds `text` to a fresh extractor in pieces cut at `cuts` (byte offsets, moved forward to
+    /// character boundaries).
+    fn stream(text: &str, cuts: &[usize]) -> String {
+        let mut cuts: Vec<usize> = cuts
+            .iter()
+            .map(|&c| {
+                let mut c = c.min(text.len());
+                while !text.is_char_boundary(c) {
+                    c += 1;
+                }
+                c
+            })
+            .collect();
+        cuts.sort_unstable();
+        let mut extractor = FeedbackText::new();
+        let mut out = String::new();
+        let mut start = 0;
+        for cut in cuts {
+            out.push_str(&extractor.push(&text[start..cut]));
+            start = cut;
+        }
+        out.push_str(&extractor.push(&text[start..]));
+        out
+    }
+
+    /// Any JSON value, nested a few levels, with strings that look like keys and JSON.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "(feedback|[{}\\[\\]\":,\\\\ a-zé😀]{0,12})".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("(feedback|[a-z\"{}]{0,6})", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn clean_text() -> impl Strategy<Value = String> {
+        "[^\\s]([^\\u{0}-\\u{1f}]{0,30}[^\\s])?"
+    }
+
+    fn grade() -> impl Strategy<Value = Grade> {
+        let score = 0..=100u8;
+        let list = || proptest::collection::vec(clean_text(), 0..4);
+        (
+            (
+                score.clone(),
+                score.clone(),
+                score.clone(),
+                score.clone(),
+                score,
+            ),
+            clean_text(),
+            (list(), list(), list()),
+        )
+            .prop_map(
+                |((s, a, c, l, t), feedback, (strengths, improvements, misconceptions))| Grade {
+                    score: s,
+                    sub_scores: SubScores {
+                        accuracy: a,
+                        completeness: c,
+                        clarity: l,
+                        structure: t,
+                    },
+                    feedback,
+                    strengths,
+                    improvements,
+                    misconceptions,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn feedback_prose_is_the_feedback_string_however_the_json_is_split(
+            feedback in any::<String>(),
+            styles in proptest::collection::vec(style(), 1..8),
+            others in proptest::collection::btree_map("[a-zA-Z_\"\\\\]{0,10}", value(), 0..5),
+            position in any::<proptest::sample::Index>(),
+            spaced in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            prefix in "(```json\n|Here is the grade: )?",
+        ) {
+            let (encoded, expected) = encode(&feedback, &styles);
+            let mut entries: Vec<(String, String)> = others
+                .into_iter()
+                .filter(|(k, _)| k != "feedback")
+                .map(|(k, v)| (serde_json::to_string(&k).unwrap(), v.to_string()))
+                .collect();
+            let at = position.index(entries.len() + 1);
+            entries.insert(at, ("\"feedback\"".into(), encoded));
+            let (colon, comma) = if spaced { (" : ", ",\n  ") } else { (":", ",") };
+            let body = entries
+                .iter()
+                .map(|(k, v)| format!("{k}{colon}{v}"))
+                .collect::<Vec<_>>()
+                .join(comma);
+            let object = format!("{{{body}}}");
+            // The object is valid JSON whose feedback serde_json reads as the original text.
+            let parsed: Value = serde_json::from_str(&object).unwrap();
+            prop_assert_eq!(parsed["feedback"].as_str(), Some(feedback.as_str()));
+
+            let text = format!("{prefix}{object}");
+            let whole = stream(&text, &[]);
+            prop_assert_eq!(&whole, &expected);
+            let cuts: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+            prop_assert_eq!(stream(&text, &cuts), expected.clone());
+            let every: Vec<usize> = (0..text.len()).collect();
+            prop_assert_eq!(stream(&text, &every), expected);
+        }
+
+        #[test]
+        fn a_grade_parses_back_from_its_json(grade in grade(), pretty in any::<bool>()) {
+            let json = if pretty {
+                format!("```json\n{}\n```", serde_json::to_string_pretty(&grade).unwrap())
+            } else {
+                serde_json::to_string(&grade).unwrap()
+            };
+            prop_assert_eq!(parse(&json), Ok(grade.clone()));
+            prop_assert_eq!(stream(&json, &[]), grade.feedback.replace(['\r', '\u{8}', '\u{c}'], ""));
+        }
+    }
+}

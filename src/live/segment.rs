@@ -70,9 +70,11 @@ impl Segmenter {
     /// be closed after this chunk.
     pub fn push(&mut self, pcm: &[u8]) -> bool {
         let mut bytes = pcm;
-        if let Some(low) = self.odd_byte.take()
+        // The left-over byte waits for the next byte, however many empty chunks come first.
+        if let Some(low) = self.odd_byte
             && let Some((&high, rest)) = bytes.split_first()
         {
+            self.odd_byte = None;
             self.sample(i16::from_le_bytes([low, high]));
             bytes = rest;
         }
@@ -237,11 +239,275 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_chunk_keeps_the_odd_byte_before_it() {
+        // Found by fuzzing (fuzz/corpus/audio_frame): an empty chunk after an odd-length one
+        // dropped the left-over byte, shifting every later sample by one byte.
+        let audio = tone(200, 8000.0);
+        let mut whole = Segmenter::new(SegmentRules::default(), RATE);
+        whole.push(&audio);
+        let mut pieces = Segmenter::new(SegmentRules::default(), RATE);
+        for c in audio.chunks(3) {
+            pieces.push(c);
+            pieces.push(&[]);
+        }
+        assert_eq!(whole.segment_samples, pieces.segment_samples);
+        assert_eq!(whole.frame_sum, pieces.frame_sum);
+        assert_eq!(whole.noise_floor, pieces.noise_floor);
+        assert_eq!(whole.odd_byte, pieces.odd_byte);
+    }
+
+    #[test]
     fn wav_round_trips() {
         let pcm = tone(100, 1000.0);
         let file = wav(&pcm, RATE);
         assert_eq!(file.len(), 44 + pcm.len());
         assert_eq!(wav_pcm(&file), Some(&pcm[..]));
         assert_eq!(pcm_ms(pcm.len() as u64, RATE), 100);
+    }
+}
+
+/// Property tests: for arbitrary audio cut into arbitrary chunks (odd and empty ones included),
+/// the segmenter's decisions do not depend on the chunking, no segment stays open at the maximum
+/// length, a segment is closed early only after speech and a long enough pause, a long enough
+/// pause after speech does close it, and the segments concatenate to the audio.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::live::protocol::SAMPLE_RATES;
+
+    /// One stretch of audio: silence, quiet noise, a loud tone ("speech") or raw bytes.
+    #[derive(Debug, Clone)]
+    enum Piece {
+        Silence(usize),
+        Quiet(usize),
+        Speech(usize, i16),
+        Raw(Vec<u8>),
+    }
+
+    fn piece() -> impl Strategy<Value = Piece> {
+        prop_oneof![
+            (1..3000usize).prop_map(Piece::Silence),
+            (1..3000usize).prop_map(Piece::Quiet),
+            (1..3000usize, 2000..i16::MAX).prop_map(|(n, a)| Piece::Speech(n, a)),
+            proptest::collection::vec(any::<u8>(), 0..600).prop_map(Piece::Raw),
+        ]
+    }
+
+    fn render(pieces: &[Piece], rate: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for piece in pieces {
+            let samples = |n: usize, amplitude: f64, hz: f64| -> Vec<u8> {
+                (0..n)
+                    .flat_map(|i| {
+                        let t = i as f64 / f64::from(rate);
+                        ((amplitude * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
+                            .to_le_bytes()
+                    })
+                    .collect()
+            };
+            match piece {
+                Piece::Silence(n) => out.extend(vec![0; n * 2]),
+                Piece::Quiet(n) => out.extend(samples(*n, 20.0, 50.0)),
+                Piece::Speech(n, a) => out.extend(samples(*n, f64::from(*a), 220.0)),
+                Piece::Raw(bytes) => out.extend_from_slice(bytes),
+            }
+        }
+        out
+    }
+
+    fn rules() -> impl Strategy<Value = SegmentRules> {
+        (0..1500u64, 1..4000u64, 0..3000u32).prop_map(|(pause, max_len, rms)| SegmentRules {
+            pause: Duration::from_millis(pause),
+            max_len: Duration::from_millis(max_len),
+            min_speech_rms: f64::from(rms),
+        })
+    }
+
+    fn rate() -> impl Strategy<Value = u32> {
+        proptest::sample::select(SAMPLE_RATES)
+    }
+
+    /// Chunk sizes, used in turn until the audio is spent (the trailing 1 ensures progress).
+    fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
+        proptest::collection::vec(prop_oneof![Just(0usize), 1..8usize, 8..2000usize], 1..12)
+            .prop_map(|mut sizes| {
+                sizes.push(1);
+                sizes
+            })
+    }
+
+    fn chunks<'a>(audio: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at >= audio.len() {
+                break;
+            }
+            let end = (at + size).min(audio.len());
+            out.push(&audio[at..end]);
+            at = end;
+        }
+        out
+    }
+
+    /// Everything the segmenter carries from one chunk to the next.
+    fn state(s: &Segmenter) -> (u64, u64, u64, Option<u8>, u64, bool, u64) {
+        (
+            s.segment_samples,
+            s.frame_len,
+            s.frame_sum.to_bits(),
+            s.odd_byte,
+            s.noise_floor.to_bits(),
+            s.heard_speech,
+            s.silence_samples,
+        )
+    }
+
+    fn ms(samples: u64, rate: u32) -> u64 {
+        samples * 1000 / u64::from(rate)
+    }
+
+    proptest! {
+        #[test]
+        fn chunking_does_not_change_where_segments_close(
+            pieces in proptest::collection::vec(piece(), 1..8),
+            sizes in chunk_sizes(),
+            rules in rules(),
+            rate in rate(),
+        ) {
+            let audio = render(&pieces, rate);
+            let mut chunked = Segmenter::new(rules, rate);
+            let mut bytewise = Segmenter::new(rules, rate);
+            for (i, chunk) in chunks(&audio, &sizes).into_iter().enumerate() {
+                let cut = chunked.push(chunk);
+                let mut reference = bytewise.should_cut();
+                for &b in chunk {
+                    reference = bytewise.push(&[b]);
+                }
+                prop_assert_eq!(cut, reference, "chunk {} of {} bytes", i, chunk.len());
+                prop_assert_eq!(state(&chunked), state(&bytewise), "after chunk {}", i);
+                if cut {
+                    chunked.reset();
+                    bytewise.reset();
+                }
+            }
+        }
+
+        #[test]
+        fn segments_respect_the_maximum_and_the_pause_and_hold_all_the_audio(
+            pieces in proptest::collection::vec(piece(), 1..8),
+            sizes in chunk_sizes(),
+            rules in rules(),
+            rate in rate(),
+        ) {
+            let audio = render(&pieces, rate);
+            let max_len = rules.max_len.as_millis() as u64;
+            let pause = rules.pause.as_millis() as u64;
+            let mut seg = Segmenter::new(rules, rate);
+            let mut segments: Vec<Vec<u8>> = Vec::new();
+            let mut open = Vec::new();
+            for chunk in chunks(&audio, &sizes) {
+                let before = seg.segment_samples;
+                prop_assert!(ms(before, rate) < max_len, "a segment stayed open past the maximum");
+                let cut = seg.push(chunk);
+                open.extend_from_slice(chunk);
+                let length = ms(seg.segment_samples, rate);
+                if cut {
+                    prop_assert!(
+                        length >= max_len
+                            || (seg.heard_speech && ms(seg.silence_samples, rate) >= pause),
+                        "closed a {} ms segment early", length
+                    );
+                    segments.push(std::mem::take(&mut open));
+                    seg.reset();
+                } else {
+                    prop_assert!(length < max_len, "a {} ms segment was not closed", length);
+                }
+            }
+            segments.push(open);
+            prop_assert_eq!(segments.concat(), audio);
+        }
+
+        #[test]
+        fn a_long_enough_pause_after_speech_closes_the_segment(
+            speech_frames in 2..40u64,
+            amplitude in 2000..i16::MAX,
+            pause_ms in 20..1500u64,
+            extra in 0..5000usize,
+            sizes in chunk_sizes(),
+            rate in rate(),
+        ) {
+            let rules = SegmentRules {
+                pause: Duration::from_millis(pause_ms),
+                max_len: Duration::from_secs(3600),
+                ..SegmentRules::default()
+            };
+            let frame = u64::from(rate) * FRAME_MS / 1000;
+            let pause = (pause_ms * u64::from(rate)).div_ceil(1000);
+            let speech = (speech_frames * frame) as usize;
+            let silence = (pause + 2 * frame) as usize + extra;
+            let audio = render(&[Piece::Speech(speech, amplitude), Piece::Silence(silence)], rate);
+            let mut seg = Segmenter::new(rules, rate);
+            let mut at = 0u64;
+            let mut cut_at = None;
+            for chunk in chunks(&audio, &sizes) {
+                at += chunk.len() as u64;
+                if seg.push(chunk) {
+                    cut_at = Some(at / 2);
+                    break;
+                }
+            }
+            let cut_at = cut_at.expect("the pause closed the segment");
+            let speech = speech as u64;
+            prop_assert!(cut_at + frame >= speech + pause, "closed {} samples in", cut_at);
+            // Closed at the first chunk boundary past the pause (and at most one frame of
+            // alignment on each side of the speech).
+            let latest = chunks(&audio, &sizes)
+                .iter()
+                .scan(0u64, |end, c| {
+                    *end += c.len() as u64;
+                    Some(*end / 2)
+                })
+                .find(|&end| end >= speech + pause + 2 * frame)
+                .expect("the audio is that long");
+            prop_assert!(cut_at <= latest, "closed at {} samples, not by {}", cut_at, latest);
+        }
+
+        #[test]
+        fn silence_alone_closes_segments_exactly_at_the_maximum_length(
+            samples in 1..40_000usize,
+            max_ms in 1..2000u64,
+            sizes in chunk_sizes(),
+            rate in rate(),
+        ) {
+            let rules = SegmentRules {
+                max_len: Duration::from_millis(max_ms),
+                ..SegmentRules::default()
+            };
+            let audio = render(&[Piece::Silence(samples)], rate);
+            let mut seg = Segmenter::new(rules, rate);
+            let (mut total, mut start) = (0u64, 0u64);
+            for chunk in chunks(&audio, &sizes) {
+                total += chunk.len() as u64;
+                let length = ms(total / 2 - start / 2, rate);
+                prop_assert_eq!(seg.push(chunk), length >= max_ms);
+                if length >= max_ms {
+                    seg.reset();
+                    start = total;
+                }
+            }
+        }
+
+        #[test]
+        fn wav_files_hold_exactly_their_pcm(
+            pcm in proptest::collection::vec(any::<u8>(), 0..3000),
+            rate in rate(),
+        ) {
+            let file = wav(&pcm, rate);
+            prop_assert_eq!(wav_pcm(&file), Some(&pcm[..]));
+            prop_assert_eq!(crate::live::sniff::sniff(&file), Some(teachback_events::AudioFormat::Wav));
+        }
     }
 }

@@ -419,7 +419,7 @@ pub(crate) fn parse_error_value(value: &Value) -> Option<ErrorBody> {
 /// The error carried by a streamed (or 2xx) JSON object: a top-level `"error"` key, or
 /// `"type": "error"`. Kind [`ErrorKind::StreamBroken`]; retryable unless a status-like code
 /// (`error.code` or `status` between 100 and 599) says otherwise or the quota is exhausted.
-pub(crate) fn stream_error(value: &Value) -> Option<ProviderError> {
+pub fn stream_error(value: &Value) -> Option<ProviderError> {
     let object = value.as_object()?;
     let has_error = object.get("error").is_some_and(|e| !e.is_null());
     let typed_error = object.get("type").and_then(Value::as_str) == Some("error");
@@ -527,20 +527,22 @@ fn default_status_message(status: u16) -> String {
 }
 
 /// The wait the server asks for: `retry-after-ms` (milliseconds), else `retry-after` (seconds
-/// or an HTTP date; a date in the past gives zero).
+/// or an HTTP date; a date in the past gives zero). A wait too long for a `Duration` is
+/// `Duration::MAX` (longer than any `max_retry_after`, so the backoff is used instead).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(secs(ms / 1000.0));
     }
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<f64>() {
         if seconds.is_finite() && seconds >= 0.0 {
-            return Some(Duration::from_secs_f64(seconds));
+            return Some(secs(seconds));
         }
         return None;
     }
@@ -1229,6 +1231,24 @@ mod tests {
         assert_eq!(e.retry_after, Some(Duration::ZERO));
         let e = normalise_error(503, &headers(&[("retry-after", "soon")]), b"");
         assert_eq!(e.retry_after, None);
+    }
+
+    #[test]
+    fn a_retry_hint_too_long_for_a_duration_does_not_panic() {
+        // Found by fuzzing (fuzz/corpus/provider_error): `Duration::from_secs_f64` panicked on
+        // a finite hint beyond `Duration::MAX` (`retry-after-ms: 6666…`, `retry-after: 1e300`).
+        let huge = "6".repeat(40);
+        for (name, value) in [
+            ("retry-after-ms", huge.as_str()),
+            ("retry-after", huge.as_str()),
+            ("retry-after", "1e300"),
+            ("retry-after-ms", "1.7976931348623157e308"),
+        ] {
+            let e = normalise_error(429, &headers(&[(name, value)]), b"");
+            assert_eq!(e.retry_after, Some(Duration::MAX), "{name}: {value}");
+            // Longer than any max_retry_after: the backoff is used instead.
+            assert!(RetryPolicy::default().delay(0, e.retry_after) <= Duration::from_millis(500));
+        }
     }
 
     #[test]
