@@ -628,6 +628,21 @@ async fn store_upload(
             format!("the lecture is {}", lecture.status.as_str()),
         ));
     }
+    // Bytes that are recognisably another container than the lecture declared are refused
+    // (unrecognised bytes go on: the speech-to-text provider is the judge of those).
+    if let Some(found) = crate::live::sniff::sniff(&bytes)
+        && found != lecture.format()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "recording_format_mismatch",
+            format!(
+                "this lecture's recording is {}, but the bytes sent are {}",
+                lecture.format().content_type(),
+                found.content_type()
+            ),
+        ));
+    }
     // The content's hash is part of the key, so two racing uploads never overwrite each other.
     let key = format!(
         "lectures/{lecture_id}/segment-000000-{}.{}",

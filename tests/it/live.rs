@@ -461,6 +461,19 @@ async fn the_rest_fallback_uploads_through_a_signed_url_and_streams_events(db: &
             .status(),
         403
     );
+    // Bytes that are plainly another container (a WAV, an Ogg file) are refused, and nothing
+    // is stored.
+    let wav = teachback::live::segment::wav(&[0u8; 3_200], 16_000);
+    for other in [wav, b"OggS\0\x02\0\0\0\0\0\0\0\0".to_vec()] {
+        let r = put(upload_url.clone(), "audio/webm", other).await.unwrap();
+        assert_eq!(r.status(), 415);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "recording_format_mismatch"
+        );
+    }
+    let r = finish().await.unwrap();
+    assert_eq!(r.status(), 409, "nothing was stored");
 
     let r = put(
         upload_url.clone(),
