@@ -13,6 +13,7 @@ use crate::blob::{self, BlobStore};
 use crate::catalog;
 use crate::config::Config;
 use crate::db::{ConnectOptions, Db};
+use crate::erasure::EraseError;
 use crate::http::{self, AppState};
 use crate::live::hub::Hub;
 use crate::live::segment::SegmentRules;
@@ -33,7 +34,7 @@ use crate::provider::llm::{ChatModel, LlmConfig, OpenAiChat};
 use crate::provider::stt::{OpenAiStt, SpeechToText, SttConfig};
 use crate::provider::{Breaker, RetryPolicy, Timeouts};
 use crate::rankings::Rankings;
-use crate::store::{EventStore, SqlBackend};
+use crate::store::{EventStore, SqlBackend, StoreError};
 use teachback_projections::notify::{Cron, Kind};
 
 /// A built application, ready to serve.
@@ -104,6 +105,11 @@ impl App {
         )
         .await
         .context("starting the event store")?;
+        // Lecture audio is sealed with its learner's key, like their personal fields in the log.
+        let blobs = match store.vault() {
+            Some(vault) => crate::vault::SealedBlobs::wrap(blobs, vault.clone()),
+            None => blobs,
+        };
         let tz = config.tz()?;
         let projectors = projectors(&tz);
         let mut statuses = Vec::with_capacity(projectors.len());
@@ -157,6 +163,10 @@ impl App {
         tracing::info!(blobs = %blobs.describe(), recovered, "live lectures ready");
         let resumed = pipeline.recover().await?;
         pipeline.spawn_sweeper(Duration::from_secs(60));
+        if let Some(days) = config.audio_retention_days {
+            spawn_retention(store.clone(), blobs.clone(), days, clock.clone());
+            tracing::info!(days, "audio retention on");
+        }
         tracing::info!(
             stt = pipeline.has_stt(),
             grader = pipeline.grader(),
@@ -436,4 +446,34 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Deletes audio older than the retention every hour (and once shortly after start).
+fn spawn_retention(
+    store: EventStore,
+    blobs: Arc<dyn BlobStore>,
+    days: u32,
+    clock: Arc<dyn crate::notify::clock::Clock>,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let cutoff = crate::erasure::cutoff(clock.now(), days);
+            match crate::erasure::expire_audio(&store, &blobs, cutoff, days, &|_, _| {}).await {
+                Ok(done) if done.lectures > 0 => {
+                    tracing::info!(
+                        lectures = done.lectures,
+                        blobs = done.blobs_deleted,
+                        days,
+                        "audio past retention deleted"
+                    );
+                }
+                Ok(_) => {}
+                Err(EraseError::Store(StoreError::Closed)) => return,
+                Err(e) => tracing::warn!(error = %e, "audio retention run failed"),
+            }
+        }
+    });
 }

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -58,6 +59,10 @@ pub enum Command {
         /// Only events recorded before this time (RFC 3339).
         #[arg(long)]
         until: Option<jiff::Timestamp>,
+        /// Leave out the learners' keys (written after the events by default, so an import
+        /// can read the personal fields; keep such a file as safe as the database).
+        #[arg(long)]
+        without_keys: bool,
         /// Print a JSON summary (and no progress bar).
         #[arg(long)]
         json: bool,
@@ -95,6 +100,16 @@ pub enum Command {
         /// connects (each from the start) until Ctrl-C, instead of printing it.
         #[arg(long)]
         serve: Option<std::net::SocketAddr>,
+    },
+    /// Learners' data: erasure.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Lecture audio: retention.
+    Audio {
+        #[command(subcommand)]
+        command: AudioCommand,
     },
     /// Load-test live lectures: N learners stream real-time audio; report ack latency and loss.
     Loadgen(crate::loadgen::LoadgenArgs),
@@ -166,6 +181,34 @@ pub enum AuditCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Erase a learner: destroy their key (their nickname, transcripts and feedback in the log
+    /// can no longer be read), delete their audio, append `UserErased`; the server's read models
+    /// then drop their rows and the rankings are recomputed.
+    Erase {
+        /// The learner's id.
+        user: uuid::Uuid,
+        /// Print a JSON summary (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AudioCommand {
+    /// Delete the audio of segments stored more than `--days` days ago (recorded as
+    /// `AudioDeleted` per lecture; transcripts and grades stay).
+    Expire {
+        /// Keep audio this many days (default: `TEACHBACK_AUDIO_RETENTION_DAYS`).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Print a JSON summary (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum EventsCommand {
     /// Print events as JSON lines, in global order.
     Tail {
@@ -208,6 +251,7 @@ pub async fn main() -> anyhow::Result<()> {
             types,
             since,
             until,
+            without_keys,
             json,
         } => {
             let filter = crate::store::archive::Filter {
@@ -215,6 +259,7 @@ pub async fn main() -> anyhow::Result<()> {
                 types,
                 since,
                 until,
+                without_keys,
             };
             export(&cli.config, &filter, out, json).await
         }
@@ -229,6 +274,12 @@ pub async fn main() -> anyhow::Result<()> {
             json,
             serve,
         } => replay(&cli.config, lecture, speed, instant, json, serve).await,
+        Command::Users {
+            command: UsersCommand::Erase { user, json },
+        } => erase_user(&cli.config, user, json).await,
+        Command::Audio {
+            command: AudioCommand::Expire { days, json },
+        } => expire_audio(&cli.config, days, json).await,
         Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Regrade { lecture, reason } => regrade(&cli.config, lecture, reason).await,
         Command::Speak(args) => crate::speak::run(args).await,
@@ -466,6 +517,113 @@ async fn replay(
 }
 
 /// A progress bar on stderr, or none for `--json`.
+async fn erase_user(config: &Config, user: uuid::Uuid, json: bool) -> anyhow::Result<()> {
+    let (db, store) = open_log(config).await?;
+    let blobs = crate::blob::open(&config.blob_url())?;
+    let bar = progress_bar(json, "deleting audio", 0)?;
+    let metadata = teachback_events::Metadata::default();
+    let erased = crate::erasure::erase(
+        &store,
+        &blobs,
+        user,
+        teachback_events::ErasureRequester::Staff,
+        metadata,
+        &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .await?;
+    bar.finish_and_clear();
+    store.flush().await;
+    // The server's projections drop the rows; wait for them so the file can be compacted.
+    let caught_up =
+        projections_reach(config, &db, erased.position, Duration::from_secs(30)).await?;
+    let compacted = caught_up && crate::erasure::compact(&db).await?;
+    db.close().await;
+    if json {
+        let mut out = serde_json::to_value(&erased)?;
+        out["readModelsDropped"] = caught_up.into();
+        out["compacted"] = compacted.into();
+        println!("{out}");
+    } else {
+        eprintln!(
+            "erased learner {user}: {} lectures, {} audio blobs deleted, key destroyed",
+            erased.lectures, erased.blobs_deleted
+        );
+        if !caught_up {
+            eprintln!(
+                "the read models have not dropped the learner's rows yet: they will when the \
+                 server runs (start it, or run this command again beside it)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every projection's checkpoint is at `position` or beyond.
+async fn projections_reach(
+    config: &Config,
+    db: &Db,
+    position: u64,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let names: Vec<String> = crate::app::projectors(&config.tz()?)
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut behind = false;
+        for name in &names {
+            let at: Option<i64> = crate::with_pool!(db, pool => {
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            behind |= at.is_none_or(|p| (p as u64) < position);
+        }
+        if !behind {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn expire_audio(config: &Config, days: Option<u32>, json: bool) -> anyhow::Result<()> {
+    let Some(days) = days.or(config.audio_retention_days) else {
+        anyhow::bail!(
+            "how many days of audio to keep? pass --days N or set TEACHBACK_AUDIO_RETENTION_DAYS"
+        );
+    };
+    anyhow::ensure!(days >= 1, "--days must be at least 1");
+    let (db, store) = open_log(config).await?;
+    let blobs = crate::blob::open(&config.blob_url())?;
+    let bar = progress_bar(json, "deleting audio", 0)?;
+    let cutoff = crate::erasure::cutoff(jiff::Timestamp::now(), days);
+    let done = crate::erasure::expire_audio(&store, &blobs, cutoff, days, &|n, total| {
+        bar.set_length(total);
+        bar.set_position(n);
+    })
+    .await?;
+    bar.finish_and_clear();
+    store.flush().await;
+    db.close().await;
+    if json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else {
+        eprintln!(
+            "audio older than {days} days: {} blobs deleted in {} lectures ({} already gone)",
+            done.blobs_deleted, done.lectures, done.already_gone
+        );
+    }
+    Ok(())
+}
+
 fn progress_bar(json: bool, message: &str, length: u64) -> anyhow::Result<indicatif::ProgressBar> {
     if json {
         return Ok(indicatif::ProgressBar::hidden());

@@ -96,6 +96,11 @@ pub struct Config {
     )]
     pub max_live_lectures_per_user: usize,
 
+    /// Days lecture audio is kept; older segments' blobs are deleted hourly, each deletion
+    /// recorded as `AudioDeleted`. Unset: audio is kept until its learner is erased.
+    #[arg(long, env = "TEACHBACK_AUDIO_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub audio_retention_days: Option<u32>,
+
     /// Largest recording accepted whole (container formats and REST uploads), in bytes.
     #[arg(long, env = "TEACHBACK_MAX_RECORDING_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_recording_bytes: u64,

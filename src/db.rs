@@ -81,6 +81,9 @@ impl Db {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
+                    // Deleted rows are overwritten with zeros, not left in free pages: an erased
+                    // learner's read-model rows leave no plaintext in the file.
+                    .pragma("secure_delete", "on")
                     .statement_cache_capacity(512);
                 let pool = SqlitePoolOptions::new()
                     // Each SQLite connection is a thread; a few suffice for WAL readers.

@@ -20,6 +20,8 @@
 //! - [`replay`]: a lecture's timeline from the log, printed with its timing or served as a watch.
 //! - [`limits`]: rate limits per client address and learner (shared through PostgreSQL).
 //! - [`usage`]: daily quotas per learner and the spending guard, from the usage read model.
+//! - [`vault`]: per-learner keys sealing personal fields and audio (erasure by destroying them).
+//! - [`erasure`]: the right to erasure and audio retention.
 //! - [`http`]: the HTTP API: routes, errors, extractors.
 //! - [`app`]: wiring it all together, serving until shutdown.
 //! - [`cli`]: the `teachback` command line.
@@ -33,6 +35,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod erasure;
 pub mod error_reporting;
 pub mod grade;
 pub mod http;
@@ -50,3 +53,4 @@ pub mod speak;
 pub mod store;
 pub mod usage;
 pub mod users;
+pub mod vault;

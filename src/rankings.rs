@@ -110,7 +110,7 @@ impl Rankings {
     /// Applies the rows changed after `position` and broadcasts the moves they cause.
     async fn load(&self, position: u64) -> anyhow::Result<()> {
         let changed = changed_since(&self.inner.db, position).await?;
-        let (graded, users) = (changed.graded, changed.users);
+        let (graded, users, erased) = (changed.graded, changed.users, changed.erased);
         let topics = if position == 0 || changed.topics {
             Some(topic_docs(&self.inner.db).await?)
         } else {
@@ -139,6 +139,9 @@ impl Rankings {
                     day,
                     score.clamp(0, 100) as u8,
                 ));
+            }
+            for user in erased {
+                moves.extend(index.remove_learner(user));
             }
         }
         if !moves.is_empty() {

@@ -1,7 +1,7 @@
 //! Learners' commands: registering a device (which creates the learner) and renaming.
 //!
 //! Nicknames are unique ignoring case. Uniqueness is decided by the log itself, not by a read
-//! model that may lag: every nickname has a reservation stream `username-{key}`, and the rename
+//! model that may lag: every nickname has a reservation stream `username-{hash of its key}`, and the rename
 //! (or registration) appends to the learner's stream and to the reservation streams in one atomic
 //! multi-stream append, each with an expected version. Of two learners racing for one name,
 //! exactly one append succeeds; a crash can never leave a name claimed but unused.
@@ -49,6 +49,18 @@ impl From<crate::store::StoreError> for RenameError {
 /// `Ada`, `ADA` and full-width `Ａｄａ` are one name.
 pub fn name_key(name: &str) -> String {
     name.nfkc().collect::<String>().to_lowercase()
+}
+
+/// The reservation stream of a name key. The key is hashed so that stream names, which stay in
+/// the log for good, never hold a nickname in plain text (nicknames are erasable; see
+/// `vault.rs`).
+pub fn reservation_stream(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"teachback/username/v1\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    streams::username(&hex::encode(digest))
 }
 
 /// Checks a requested nickname: trimmed, 2 to 20 characters, no control or invisible characters.
@@ -126,7 +138,7 @@ pub async fn register_device(
                     vec![NewEvent::from_event(&registered, metadata.clone())],
                 ),
                 StreamAppend::new(
-                    streams::username(&name_key(&name)),
+                    reservation_stream(&name_key(&name)),
                     ExpectedVersion::NoStream,
                     vec![NewEvent::from_event(&claimed, metadata.clone())],
                 ),
@@ -238,7 +250,7 @@ pub async fn rename(
         )];
         if old_key != new_key {
             // Claim the new key: free if it never existed or its last event is a release.
-            let new_stream = streams::username(&new_key);
+            let new_stream = reservation_stream(&new_key);
             let expected = match store.last_event(&new_stream).await? {
                 None => ExpectedVersion::NoStream,
                 Some(last) => match last.decode() {
@@ -257,7 +269,7 @@ pub async fn rename(
             ));
             // Release the old key so someone else may take it, if the claim there is ours
             // (never release someone else's claim, whatever the key function computes today).
-            let old_stream = streams::username(&old_key);
+            let old_stream = reservation_stream(&old_key);
             let ours = |e: &teachback_events::RecordedEvent| matches!(e.decode(), Ok(Event::UsernameClaimed(c)) if c.user_id == user_id);
             if let Some(last) = store.last_event(&old_stream).await?.filter(ours) {
                 let released = Event::UsernameReleased(UsernameReleased { user_id });

@@ -537,6 +537,52 @@ pub struct NotificationOpened {
     pub user_id: Uuid,
 }
 
+/// Who asked for a learner's data to be erased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureRequester {
+    /// The learner, through `DELETE /api/v1/me`.
+    Learner,
+    /// Staff, through `teachback users erase`.
+    Staff,
+}
+
+/// A learner's personal data was erased: their key was destroyed (so the nickname, transcripts
+/// and feedback sealed with it in earlier events can no longer be read), their audio was deleted,
+/// and every read model drops their rows. Appended to the learner's stream, last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserErased {
+    pub user_id: Uuid,
+    pub requested_by: ErasureRequester,
+    /// The learner's lectures at the time.
+    pub lectures: u32,
+    /// Audio blobs deleted.
+    pub blobs_deleted: u32,
+}
+
+/// Why a lecture's audio was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioDeletionReason {
+    /// Older than the configured retention.
+    Retention,
+}
+
+/// A lecture's audio blobs were deleted. The transcript and the grade stay; a re-grade uses the
+/// transcript.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AudioDeleted {
+    pub lecture_id: Uuid,
+    /// The segment indexes whose blobs were deleted.
+    pub segments: Vec<u32>,
+    pub reason: AudioDeletionReason,
+    /// The retention in force, in days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
 /// Declares the event kinds once: the kind enum, its names and versions, the event enum, and the
 /// encode and decode of every variant.
 macro_rules! events {
@@ -629,6 +675,16 @@ events! {
     NotificationParked => 1,
     NotificationCancelled => 1,
     NotificationOpened => 1,
+    UserErased => 1,
+    AudioDeleted => 1,
+}
+
+/// Whose personal data an event holds: the learner its `userId` names, or the learner of the
+/// lecture its `lectureId` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    UserId,
+    LectureId,
 }
 
 impl EventKind {
@@ -646,6 +702,26 @@ impl EventKind {
                 | EventKind::RegradeRequested
                 | EventKind::LectureRated
         )
+    }
+
+    /// The payload fields holding a learner's personal data (strings, or lists of strings),
+    /// which the store seals with the learner's key, and whose learner they are.
+    pub const fn personal_fields(self) -> Option<(Owner, &'static [&'static str])> {
+        use EventKind as K;
+        Some(match self {
+            K::DeviceRegistered | K::UsernameClaimed => (Owner::UserId, &["name"]),
+            K::UserRenamed => (Owner::UserId, &["name", "previousName"]),
+            K::NotificationScheduled => (Owner::UserId, &["title", "body"]),
+            K::LectureTextSubmitted
+            | K::TranscriptSegmentRecognized
+            | K::TranscriptCompleted
+            | K::FeedbackStreamed => (Owner::LectureId, &["text"]),
+            K::LectureGraded => (
+                Owner::LectureId,
+                &["feedback", "strengths", "improvements", "misconceptions"],
+            ),
+            _ => return None,
+        })
     }
 
     /// Looks a kind up by its stored type name.

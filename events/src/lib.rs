@@ -18,14 +18,15 @@ pub mod streams;
 pub mod upcast;
 
 pub use domain::{
-    AudioFormat, AudioSegmentStored, CatalogEntry, DeviceRegistered, Event, EventKind,
-    FeedbackStreamed, FinishReason, GraderKind, GradingFailed, GradingLatency, GradingStarted,
-    LectureAbandoned, LectureCancelled, LectureFinished, LectureGraded, LectureMode, LecturePaused,
-    LectureRated, LectureResumed, LectureStarted, LectureTextSubmitted, Localized, LocalizedList,
-    NotificationCancelled, NotificationFailed, NotificationOpened, NotificationParked,
-    NotificationPreferencesSet, NotificationScheduled, NotificationSent, RegradeRequested,
-    SubScores, TokenUsage, TopicPublished, TranscriptCompleted, TranscriptSegmentRecognized,
-    TranscriptSource, UserRenamed, UsernameClaimed, UsernameReleased,
+    AudioDeleted, AudioDeletionReason, AudioFormat, AudioSegmentStored, CatalogEntry,
+    DeviceRegistered, ErasureRequester, Event, EventKind, FeedbackStreamed, FinishReason,
+    GraderKind, GradingFailed, GradingLatency, GradingStarted, LectureAbandoned, LectureCancelled,
+    LectureFinished, LectureGraded, LectureMode, LecturePaused, LectureRated, LectureResumed,
+    LectureStarted, LectureTextSubmitted, Localized, LocalizedList, NotificationCancelled,
+    NotificationFailed, NotificationOpened, NotificationParked, NotificationPreferencesSet,
+    NotificationScheduled, NotificationSent, Owner, RegradeRequested, SubScores, TokenUsage,
+    TopicPublished, TranscriptCompleted, TranscriptSegmentRecognized, TranscriptSource, UserErased,
+    UserRenamed, UsernameClaimed, UsernameReleased,
 };
 pub use envelope::{ClientInfo, Metadata, NewEvent, RecordedEvent};
 pub use upcast::DecodeError;

@@ -8,14 +8,15 @@ use std::path::PathBuf;
 
 use jiff::Timestamp;
 use teachback_events::{
-    AudioFormat, AudioSegmentStored, CatalogEntry, ClientInfo, DeviceRegistered, Event, EventKind,
-    FeedbackStreamed, FinishReason, GraderKind, GradingFailed, GradingLatency, GradingStarted,
-    LectureAbandoned, LectureCancelled, LectureFinished, LectureGraded, LectureMode, LecturePaused,
-    LectureRated, LectureResumed, LectureStarted, LectureTextSubmitted, Metadata,
-    NotificationCancelled, NotificationFailed, NotificationOpened, NotificationParked,
-    NotificationPreferencesSet, NotificationScheduled, NotificationSent, RecordedEvent,
-    RegradeRequested, SubScores, TokenUsage, TopicPublished, TranscriptCompleted,
-    TranscriptSegmentRecognized, TranscriptSource, UserRenamed, UsernameClaimed, UsernameReleased,
+    AudioDeleted, AudioDeletionReason, AudioFormat, AudioSegmentStored, CatalogEntry, ClientInfo,
+    DeviceRegistered, ErasureRequester, Event, EventKind, FeedbackStreamed, FinishReason,
+    GraderKind, GradingFailed, GradingLatency, GradingStarted, LectureAbandoned, LectureCancelled,
+    LectureFinished, LectureGraded, LectureMode, LecturePaused, LectureRated, LectureResumed,
+    LectureStarted, LectureTextSubmitted, Metadata, NotificationCancelled, NotificationFailed,
+    NotificationOpened, NotificationParked, NotificationPreferencesSet, NotificationScheduled,
+    NotificationSent, RecordedEvent, RegradeRequested, SubScores, TokenUsage, TopicPublished,
+    TranscriptCompleted, TranscriptSegmentRecognized, TranscriptSource, UserErased, UserRenamed,
+    UsernameClaimed, UsernameReleased,
 };
 use uuid::Uuid;
 
@@ -258,6 +259,18 @@ fn sample(kind: EventKind) -> Event {
         EventKind::NotificationOpened => Event::NotificationOpened(NotificationOpened {
             notification_id: uuid(7),
             user_id: uuid(1),
+        }),
+        EventKind::UserErased => Event::UserErased(UserErased {
+            user_id: uuid(1),
+            requested_by: ErasureRequester::Learner,
+            lectures: 3,
+            blobs_deleted: 12,
+        }),
+        EventKind::AudioDeleted => Event::AudioDeleted(AudioDeleted {
+            lecture_id: uuid(3),
+            segments: vec![0, 1, 2],
+            reason: AudioDeletionReason::Retention,
+            retention_days: Some(30),
         }),
     }
 }

@@ -230,6 +230,18 @@ impl RankingIndex {
         self.reposition(user)
     }
 
+    /// Takes an erased learner off every board (everyone below moves up) and forgets them.
+    /// Returns the moves.
+    pub fn remove_learner(&mut self, user: Uuid) -> Vec<Change> {
+        let Some(learner) = self.learners.get_mut(&user) else {
+            return Vec::new();
+        };
+        learner.graded.clear();
+        let changes = self.reposition(user);
+        self.learners.remove(&user);
+        changes
+    }
+
     /// Recomputes a learner's points on every built board and moves them.
     fn reposition(&mut self, user: Uuid) -> Vec<Change> {
         let mut changes = Vec::new();

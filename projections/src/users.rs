@@ -31,10 +31,15 @@ pub enum UsersChange {
         name: String,
         updated_at: Timestamp,
     },
+    /// The learner was erased: their row and their devices go.
+    UserErased { user_id: Uuid },
 }
 
 fn wanted(kind: EventKind) -> bool {
-    matches!(kind, EventKind::DeviceRegistered | EventKind::UserRenamed)
+    matches!(
+        kind,
+        EventKind::DeviceRegistered | EventKind::UserRenamed | EventKind::UserErased
+    )
 }
 
 /// Whether the projection reads events of this type.
@@ -67,6 +72,7 @@ pub fn project(event: &RecordedEvent) -> Result<Vec<UsersChange>, DecodeError> {
             name: e.name,
             updated_at: at,
         }],
+        Event::UserErased(e) => vec![UsersChange::UserErased { user_id: e.user_id }],
         _ => Vec::new(),
     })
 }
@@ -132,6 +138,10 @@ impl UsersView {
                     row.updated_at = updated_at;
                 }
             }
+            UsersChange::UserErased { user_id } => {
+                self.users.remove(&user_id);
+                self.devices.retain(|_, (_, user)| *user != user_id);
+            }
         }
     }
 }
@@ -139,7 +149,10 @@ impl UsersView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use teachback_events::{DeviceRegistered, Metadata, NewEvent, UserRenamed, UsernameClaimed};
+    use teachback_events::{
+        DeviceRegistered, ErasureRequester, Metadata, NewEvent, UserErased, UserRenamed,
+        UsernameClaimed,
+    };
 
     /// Given/when/then over recorded events, without a database.
     struct Given {
@@ -216,6 +229,24 @@ mod tests {
         assert_eq!(row.name, "Ada");
         assert_eq!(row.created_at, created);
         assert_eq!(row.updated_at, recorded.recorded_at);
+        assert_eq!(g.view.users[&Uuid::from_u128(2)].name, "b2");
+    }
+
+    #[test]
+    fn an_erasure_drops_only_that_learner_and_their_devices() {
+        let mut g = given(&[
+            registered(1, "a1", "h1"),
+            registered(1, "a1", "h1b"),
+            registered(2, "b2", "h2"),
+        ]);
+        g.apply(&Event::UserErased(UserErased {
+            user_id: Uuid::from_u128(1),
+            requested_by: ErasureRequester::Learner,
+            lectures: 0,
+            blobs_deleted: 0,
+        }));
+        assert!(!g.view.users.contains_key(&Uuid::from_u128(1)));
+        assert_eq!(g.view.devices.len(), 1);
         assert_eq!(g.view.users[&Uuid::from_u128(2)].name, "b2");
     }
 

@@ -479,6 +479,38 @@ fn a_regrade_to_zero_takes_the_learner_off_the_board() {
 }
 
 #[test]
+fn an_erased_learner_leaves_every_board_and_those_below_move_up() {
+    // given
+    let mut index = index();
+    grade(
+        &mut index,
+        &[
+            (1, "t.os1", TODAY, 90),
+            (2, "t.os1", TODAY, 80),
+            (3, "t.os1", TODAY, 70),
+        ],
+    );
+    index.ensure(&all_time());
+
+    // when
+    let changes = index.remove_learner(user(1));
+
+    // then
+    let moves: Vec<_> = changes
+        .iter()
+        .map(|c| (c.user_id, c.points, c.previous_rank, c.rank, c.total))
+        .collect();
+    assert_eq!(moves, [(user(1), 0, Some(1), None, 2)]);
+    assert_eq!(rows(&mut index, &all_time()), [(2, 1, 80), (3, 2, 70)]);
+    assert_eq!(index.learners(), 2);
+    // Boards built later do not bring them back.
+    let week = board(Period::Week, Scope::Overall);
+    index.ensure(&week);
+    assert!(rows(&mut index, &week).iter().all(|(u, _, _)| *u != 1));
+    assert!(index.remove_learner(user(1)).is_empty());
+}
+
+#[test]
 fn a_grade_outside_a_boards_days_or_below_a_better_one_does_not_move_it() {
     // given: a built weekly board with learner 1 at 90 on t.os1
     let mut index = index();

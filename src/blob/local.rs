@@ -72,6 +72,23 @@ impl BlobStore for LocalBlobStore {
         Ok(tokio::fs::try_exists(self.path(key)?).await?)
     }
 
+    async fn delete(&self, key: &str) -> Result<bool, BlobError> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| BlobError::Backend(format!("blob deleter task failed: {e}")))?
+        .map_err(Into::into)
+    }
+
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
     }
@@ -100,6 +117,13 @@ mod tests {
             .unwrap();
         assert_eq!(&store.get("a/b.wav").await.unwrap()[..], b"two");
         assert!(store.exists("a/b.wav").await.unwrap());
+        assert!(store.delete("a/b.wav").await.unwrap());
+        assert!(!store.delete("a/b.wav").await.unwrap());
+        assert!(!store.exists("a/b.wav").await.unwrap());
+        store
+            .put("a/b.wav", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
         // No temporary files are left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path().join("a"))
             .unwrap()

@@ -43,6 +43,8 @@ pub trait BlobStore: Send + Sync + 'static {
             Err(e) => Err(e),
         }
     }
+    /// Deletes the blob; `false` if there was none. Deleting is durable when it returns.
+    async fn delete(&self, key: &str) -> Result<bool, BlobError>;
     /// A short description for logs (never containing credentials).
     fn describe(&self) -> String;
 }

@@ -169,6 +169,16 @@ impl BlobStore for S3BlobStore {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<bool, BlobError> {
+        let path = self.path(key)?;
+        // S3 answers a DELETE of a missing object with success, so ask first to tell the two apart.
+        let existed = self.exists(key).await?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(existed),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
     fn describe(&self) -> String {
         if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)

@@ -373,6 +373,7 @@ pub async fn create(
         None => crate::limits::Action::Lectures,
     };
     state.limits.check(action, ip, Some(user)).await?;
+    state.refuse_erased(user).await?;
     check_quota(&state, user, body.text.is_none(), prefers_korean(&headers)).await?;
     let unprocessable = |(code, message): (&'static str, String)| match code {
         "internal" => ApiError::Internal(anyhow::anyhow!(message)),
@@ -846,7 +847,15 @@ pub async fn segment_audio(
         .blobs
         .get(&segment.blob_key)
         .await
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("reading a segment")))?;
+        .map_err(|e| match e {
+            crate::blob::BlobError::NotFound(_) => ApiError::new(
+                axum::http::StatusCode::GONE,
+                "audio_deleted",
+                "this segment's audio was deleted (past the retention, or its learner was erased); \
+                 the transcript and the grade remain",
+            ),
+            e => ApiError::Internal(anyhow::Error::new(e).context("reading a segment")),
+        })?;
     let content_type = lecture.format().content_type();
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }

@@ -561,6 +561,12 @@ impl Session {
                 e.retry_after_secs = Some(limited.retry_after_secs());
                 e
             })?;
+        if let Err(e) = self.state.refuse_erased(self.user).await {
+            return Err(match e {
+                ApiError::Client { code, message, .. } => LiveError::new(code, message),
+                _ => LiveError::internal(),
+            });
+        }
         match self.state.quotas.check_start(self.user, audio).await {
             Ok(Ok(allowance)) => Ok(allowance),
             Ok(Err(exceeded)) => {

@@ -123,12 +123,36 @@ impl AppState {
                     format!("{MIN_POSITION_HEADER} must be an unsigned integer"),
                 )
             })?;
+        self.all_projections_reach(position).await;
+        Ok(())
+    }
+
+    /// Refuses a learner who was erased (their access token may not have expired yet).
+    pub async fn refuse_erased(&self, user: uuid::Uuid) -> Result<(), ApiError> {
+        let Some(vault) = self.store.vault() else {
+            return Ok(());
+        };
+        match vault.is_erased(user).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(ApiError::unauthorized(
+                "user_erased",
+                "this learner was erased; register a new device to start again",
+            )),
+            Err(e) => Err(ApiError::Internal(
+                anyhow::Error::new(e).context("reading learner keys"),
+            )),
+        }
+    }
+
+    /// Waits (bounded by the read-your-writes timeout) for every read model to reach `position`.
+    pub async fn all_projections_reach(&self, position: u64) -> bool {
         let deadline = tokio::time::Instant::now() + self.read_your_writes_timeout;
+        let mut all = true;
         for projection in self.projections() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            projection.wait_for(position, left).await;
+            all &= projection.wait_for(position, left).await;
         }
-        Ok(())
+        all
     }
 }
 
@@ -153,7 +177,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/devices", post(users::register_device))
         .route("/auth/refresh", post(users::refresh))
-        .route("/me", get(users::me).put(users::rename))
+        .route(
+            "/me",
+            get(users::me).put(users::rename).delete(users::erase),
+        )
         .route("/me/stats", get(stats::me_stats))
         .route("/me/lectures", get(stats::me_lectures))
         .route(

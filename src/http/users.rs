@@ -237,3 +237,34 @@ fn with_position(mut response: Response, position: u64) -> Response {
         .insert(POSITION_HEADER, HeaderValue::from(position));
     response
 }
+
+/// `DELETE /api/v1/me`: erases the learner (see `erasure.rs`). Answers once every read model
+/// has dropped their rows (or the read-your-writes timeout passed: they will).
+pub async fn erase(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    RequestMeta(mut meta): RequestMeta,
+) -> Result<Json<crate::erasure::Erased>> {
+    meta.acting_user = Some(user);
+    let erased = crate::erasure::erase(
+        &state.store,
+        &state.blobs,
+        user,
+        teachback_events::ErasureRequester::Learner,
+        meta,
+        &|_, _| {},
+    )
+    .await
+    .map_err(|e| match e {
+        crate::erasure::EraseError::UnknownUser(_)
+        | crate::erasure::EraseError::AlreadyErased(_) => {
+            ApiError::not_found("user_not_found", "this learner does not exist")
+        }
+        other => ApiError::Internal(anyhow::Error::new(other).context("erasing a learner")),
+    })?;
+    state.all_projections_reach(erased.position).await;
+    if let Err(e) = crate::erasure::compact(&state.db).await {
+        tracing::warn!(error = %e, "compacting the database after an erasure failed");
+    }
+    Ok(Json(erased))
+}

@@ -56,6 +56,7 @@ impl Projector for LearningProjector {
             "learning_costudy",
             "learning_activity",
             "learning_daily",
+            "learning_erased",
         ]
     }
 
@@ -68,7 +69,33 @@ impl Projector for LearningProjector {
     }
 
     fn reads(&self, event_type: &str) -> bool {
-        learning::reads(event_type)
+        learning::reads(event_type) || super::is_erasure(event_type)
+    }
+
+    async fn erase(&self, tx: &mut DbTx, user: Uuid, position: u64) -> anyhow::Result<()> {
+        // The learner's documents and activity go; topic statistics, co-study counts and daily
+        // counters are totals naming nobody and stay. The erasure is recorded by position so
+        // the ranking boards, which follow this read model, drop the learner too.
+        let t = &self.t;
+        super::delete_user_rows(
+            tx,
+            t,
+            &["learning_users", "learning_lectures", "learning_activity"],
+            user,
+        )
+        .await?;
+        with_tx!(tx, conn => {
+            sqlx::query(&format!(
+                "INSERT INTO {} (user_id, position) VALUES ($1, $2) \
+                 ON CONFLICT (user_id) DO UPDATE SET position = excluded.position",
+                t.of("learning_erased")
+            ))
+            .bind(user)
+            .bind(position as i64)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
     }
 
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -372,6 +399,8 @@ pub struct Changed {
     pub users: Vec<(Uuid, String)>,
     /// Whether any topic document changed (a topic may have moved to another subject).
     pub topics: bool,
+    /// Learners erased.
+    pub erased: Vec<Uuid>,
 }
 
 /// Rows changed after `position`.
@@ -396,6 +425,11 @@ pub async fn changed_since(db: &Db, position: u64) -> Result<Changed, sqlx::Erro
                 .bind(position)
                 .fetch_optional(pool)
                 .await?;
-        Ok(Changed { graded, users, topics: topics.is_some() })
+        let erased: Vec<Uuid> =
+            sqlx::query_scalar("SELECT user_id FROM learning_erased WHERE position > $1")
+                .bind(position)
+                .fetch_all(pool)
+                .await?;
+        Ok(Changed { graded, users, topics: topics.is_some(), erased })
     })
 }

@@ -35,7 +35,7 @@ impl Projector for LecturesProjector {
     }
 
     fn reads(&self, event_type: &str) -> bool {
-        lectures::reads(event_type)
+        lectures::reads(event_type) || super::is_erasure(event_type)
     }
 
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -98,6 +98,11 @@ impl Projector for LecturesProjector {
                     .await?;
             });
         }
+        Ok(())
+    }
+
+    async fn erase(&self, tx: &mut DbTx, user: Uuid, _position: u64) -> anyhow::Result<()> {
+        super::delete_user_rows(tx, &self.t, &["lectures"], user).await?;
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use teachback_events::RecordedEvent;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::db::{Db, DbTx};
 use crate::store::{EventStore, SubscriptionMessage};
@@ -45,8 +46,72 @@ pub trait Projector: Send + Sync + 'static {
     /// Whether the projection reads events of this type at all. A batch of only events it
     /// does not read writes nothing (not even the checkpoint, right away).
     fn reads(&self, event_type: &str) -> bool;
-    /// Applies events (in order) inside the runner's transaction.
+    /// Applies events (in order) inside the runner's transaction. `UserErased` events are not
+    /// passed here: see [`Projector::erase`].
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()>;
+    /// Drops every row of an erased learner (their `UserErased` is at `position`), inside the
+    /// runner's transaction, in log order with the events around it. A projector that reads
+    /// `UserErased` must implement it.
+    async fn erase(&self, _tx: &mut DbTx, _user: Uuid, _position: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Applies a batch in log order: the runs of events between erasures through
+/// [`Projector::apply`], each `UserErased` through [`Projector::erase`].
+pub(crate) async fn apply_batch(
+    projector: &dyn Projector,
+    tx: &mut DbTx,
+    batch: &[RecordedEvent],
+) -> anyhow::Result<()> {
+    let mut start = 0;
+    for (i, event) in batch.iter().enumerate() {
+        let Some(user) = erased_user(event) else {
+            continue;
+        };
+        if start < i {
+            projector.apply(tx, &batch[start..i]).await?;
+        }
+        if projector.reads(&event.event_type) {
+            projector.erase(tx, user, event.position).await?;
+        }
+        start = i + 1;
+    }
+    if start < batch.len() {
+        projector.apply(tx, &batch[start..]).await?;
+    }
+    Ok(())
+}
+
+/// The learner a `UserErased` event erases.
+pub(crate) fn erased_user(event: &RecordedEvent) -> Option<Uuid> {
+    if event.event_type != teachback_events::EventKind::UserErased.type_name() {
+        return None;
+    }
+    event.payload.get("userId")?.as_str()?.parse().ok()
+}
+
+/// Whether an event type is `UserErased`, which every projection holding a learner's rows reads.
+pub(crate) fn is_erasure(event_type: &str) -> bool {
+    event_type == teachback_events::EventKind::UserErased.type_name()
+}
+
+/// Deletes a learner's rows (by `user_id`) from these tables of a projector.
+pub(crate) async fn delete_user_rows(
+    tx: &mut DbTx,
+    t: &Suffix,
+    tables: &[&str],
+    user: Uuid,
+) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        for table in tables {
+            sqlx::query(&format!("DELETE FROM {} WHERE user_id = $1", t.of(table)))
+                .bind(user)
+                .execute(&mut *conn)
+                .await?;
+        }
+    });
+    Ok(())
 }
 
 /// The suffix a projector appends to its table names (empty for the live tables).
@@ -299,7 +364,7 @@ async fn run(
             continue;
         }
         let mut tx = db.begin_write().await?;
-        projector.apply(&mut tx, &batch).await?;
+        apply_batch(projector, &mut tx, &batch).await?;
         if !advance_checkpoint(&mut tx, projector.name(), stored, last).await? {
             // Dropping the transaction rolls the rows back; start again from the stored checkpoint.
             return Err(Overtaken(projector.name().to_owned()).into());

@@ -35,7 +35,7 @@ impl Projector for NotificationsProjector {
     }
 
     fn reads(&self, event_type: &str) -> bool {
-        notifications::reads(event_type)
+        notifications::reads(event_type) || super::is_erasure(event_type)
     }
 
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -44,6 +44,12 @@ impl Projector for NotificationsProjector {
                 apply_change(&self.t, tx, change).await?;
             }
         }
+        Ok(())
+    }
+
+    async fn erase(&self, tx: &mut DbTx, user: Uuid, _position: u64) -> anyhow::Result<()> {
+        super::delete_user_rows(tx, &self.t, &["notification_prefs", "notifications"], user)
+            .await?;
         Ok(())
     }
 }

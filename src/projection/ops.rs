@@ -109,7 +109,7 @@ pub async fn rebuild_all(
         let mut tx = db.begin_write().await?;
         for (projector, next) in &fresh {
             if batch.iter().any(|e| projector.reads(&e.event_type)) {
-                next.apply(&mut tx, &batch).await?;
+                super::apply_batch(next.as_ref(), &mut tx, &batch).await?;
             }
             let checkpoint = format!("{}{REBUILD_SUFFIX}", projector.name());
             if !advance_checkpoint(&mut tx, &checkpoint, position, last).await? {

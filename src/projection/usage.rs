@@ -48,7 +48,7 @@ impl Projector for UsageProjector {
     }
 
     fn reads(&self, event_type: &str) -> bool {
-        usage::reads(event_type)
+        usage::reads(event_type) || super::is_erasure(event_type)
     }
 
     async fn apply(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -57,6 +57,12 @@ impl Projector for UsageProjector {
                 apply_change(&self.t, tx, change).await?;
             }
         }
+        Ok(())
+    }
+
+    async fn erase(&self, tx: &mut DbTx, user: Uuid, _position: u64) -> anyhow::Result<()> {
+        super::delete_user_rows(tx, &self.t, &["usage_lectures", "usage_learner_days"], user)
+            .await?;
         Ok(())
     }
 }

@@ -45,6 +45,11 @@ impl Projector for UsersProjector {
         }
         Ok(())
     }
+
+    async fn erase(&self, tx: &mut DbTx, user: Uuid, _position: u64) -> anyhow::Result<()> {
+        apply_change(&self.t, tx, UsersChange::UserErased { user_id: user }).await?;
+        Ok(())
+    }
 }
 
 async fn apply_change(t: &Suffix, tx: &mut DbTx, change: UsersChange) -> Result<(), sqlx::Error> {
@@ -85,6 +90,14 @@ async fn apply_change(t: &Suffix, tx: &mut DbTx, change: UsersChange) -> Result<
                     .bind(user_id)
                     .execute(conn)
                     .await?;
+            }
+            UsersChange::UserErased { user_id } => {
+                for table in ["users", "devices"] {
+                    sqlx::query(&format!("DELETE FROM {} WHERE user_id = $1", t.of(table)))
+                        .bind(user_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
             }
         }
     });

@@ -29,6 +29,30 @@ pub struct Filter {
     pub since: Option<Timestamp>,
     /// Recorded before.
     pub until: Option<Timestamp>,
+    /// Leave the learners' keys out (the personal fields of such an archive cannot be read).
+    pub without_keys: bool,
+}
+
+/// A learner's key as a line of the archive, after the events: `{"learnerKey": {…}}`. Without
+/// it, an imported log's personal fields could not be read; an erased learner's line has no
+/// key, so they stay erased.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchivedKey {
+    pub user_id: Uuid,
+    /// Base64 (standard, padded); absent once the learner was erased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Microseconds since the Unix epoch.
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KeyLine {
+    learner_key: ArchivedKey,
 }
 
 /// One event as a line of the archive.
@@ -52,6 +76,8 @@ pub struct ArchivedEvent {
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub events: u64,
+    /// Learner keys written or read.
+    pub keys: u64,
     pub first_position: Option<u64>,
     pub last_position: Option<u64>,
 }
@@ -78,6 +104,8 @@ pub enum ImportError {
 }
 
 type Row = (i64, Uuid, String, i64, String, i32, i64, String, String);
+/// user id, key, created at, erased at.
+type KeyRow = (Uuid, Option<Vec<u8>>, i64, Option<i64>);
 
 /// Rows read per query.
 const PAGE: i64 = 1_000;
@@ -190,6 +218,29 @@ pub async fn export(
         progress(summary.events);
         after = last;
     }
+    if !filter.without_keys {
+        let keys: Vec<KeyRow> = with_pool!(db, pool => {
+            sqlx::query_as(
+                "SELECT user_id, key, created_at, erased_at FROM learner_keys ORDER BY user_id",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        for (user_id, key, created_at, erased_at) in keys {
+            use base64::Engine;
+            let line = KeyLine {
+                learner_key: ArchivedKey {
+                    user_id,
+                    key: key.map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
+                    created_at,
+                    erased_at,
+                },
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+            summary.keys += 1;
+        }
+    }
     out.flush()?;
     Ok(summary)
 }
@@ -226,6 +277,46 @@ pub async fn import(
             line: line_no,
             reason,
         };
+        if text.trim_start().starts_with("{\"learnerKey\"") {
+            let KeyLine { learner_key: k } =
+                serde_json::from_str(text.trim_end()).map_err(|e| bad(format!("{e}")))?;
+            let key = match &k.key {
+                Some(encoded) => {
+                    use base64::Engine;
+                    let key = base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .map_err(|e| bad(format!("learnerKey.key: {e}")))?;
+                    if key.len() != 32 {
+                        return Err(bad("learnerKey.key: a key has 32 bytes".into()));
+                    }
+                    Some(key)
+                }
+                None => None,
+            };
+            let inserted = with_tx!(&mut tx, conn => {
+                sqlx::query(
+                    "INSERT INTO learner_keys (user_id, key, created_at, erased_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(k.user_id)
+                .bind(key)
+                .bind(k.created_at)
+                .bind(k.erased_at)
+                .execute(conn)
+                .await
+                .map(|_| ())
+            });
+            if let Err(e) = inserted {
+                return Err(match &e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => {
+                        bad(format!("a second key for learner {}", k.user_id))
+                    }
+                    _ => ImportError::Db(e),
+                });
+            }
+            summary.keys += 1;
+            continue;
+        }
         let event: ArchivedEvent =
             serde_json::from_str(text.trim_end()).map_err(|e| bad(format!("{e}")))?;
         if event.position <= previous {

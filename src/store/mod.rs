@@ -122,6 +122,14 @@ pub enum StoreError {
     Closed,
     #[error("append conflict: {0}")]
     Conflict(String),
+    #[error("learner keys: {0}")]
+    Keys(String),
+}
+
+impl From<crate::vault::VaultError> for StoreError {
+    fn from(e: crate::vault::VaultError) -> Self {
+        StoreError::Keys(e.to_string())
+    }
 }
 
 /// Whether a database error is a unique-constraint violation.
@@ -231,6 +239,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The highest committed position (0 for an empty log).
     async fn head(&self) -> Result<u64, StoreError>;
+
+    /// The keyring sealing learners' personal fields in this backend's events, if it has one.
+    fn vault(&self) -> Option<Arc<crate::vault::Vault>> {
+        None
+    }
 }
 
 enum Message {
@@ -262,6 +275,8 @@ pub struct EventStore {
     head: watch::Receiver<u64>,
     /// How often idle subscriptions look for events written by other processes.
     poll_interval: Duration,
+    /// Seals personal fields before an append, opens them after a read.
+    vault: Option<Arc<crate::vault::Vault>>,
 }
 
 impl EventStore {
@@ -276,12 +291,26 @@ impl EventStore {
         let stats = Arc::new(WriterStats::default());
         tokio::spawn(run_writer(backend.clone(), rx, head_tx, stats.clone()));
         Ok(Self {
+            vault: backend.vault(),
             backend,
             stats,
             queue,
             head: head_rx,
             poll_interval,
         })
+    }
+
+    /// The keyring sealing learners' personal fields, if the backend has one.
+    pub fn vault(&self) -> Option<&Arc<crate::vault::Vault>> {
+        self.vault.as_ref()
+    }
+
+    /// Opens the sealed personal fields of events just read.
+    async fn opened(
+        &self,
+        events: Result<Vec<RecordedEvent>, StoreError>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        open_with(self.vault.as_deref(), events).await
     }
 
     /// The writer's counters.
@@ -325,8 +354,19 @@ impl EventStore {
 
     async fn append_queued(
         &self,
-        streams: Vec<StreamAppend>,
+        mut streams: Vec<StreamAppend>,
     ) -> Result<AppendOutcome, AppendError> {
+        if let Some(vault) = &self.vault {
+            let mut payloads: Vec<(&str, &mut serde_json::Value)> = streams
+                .iter_mut()
+                .flat_map(|s| s.events.iter_mut())
+                .map(|e| (e.event_type.as_str(), &mut e.payload))
+                .collect();
+            vault
+                .seal_payloads(&mut payloads)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let request = prepare(streams)?;
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -351,9 +391,12 @@ impl EventStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.backend
-            .read_stream(stream, from, direction, limit)
-            .await
+        self.opened(
+            self.backend
+                .read_stream(stream, from, direction, limit)
+                .await,
+        )
+        .await
     }
 
     /// After an append to `stream` expecting `version` met a conflict: the stream's current
@@ -381,8 +424,11 @@ impl EventStore {
         loop {
             let from = events.last().map_or(0, |e| e.stream_version + 1);
             let page = self
-                .backend
-                .read_stream(stream, from, Direction::Forwards, PAGE)
+                .opened(
+                    self.backend
+                        .read_stream(stream, from, Direction::Forwards, PAGE)
+                        .await,
+                )
                 .await?;
             let done = page.len() < PAGE;
             events.extend(page);
@@ -395,8 +441,11 @@ impl EventStore {
     /// The last event of a stream, if the stream exists.
     pub async fn last_event(&self, stream: &str) -> Result<Option<RecordedEvent>, StoreError> {
         let mut events = self
-            .backend
-            .read_stream(stream, u64::MAX, Direction::Backwards, 1)
+            .opened(
+                self.backend
+                    .read_stream(stream, u64::MAX, Direction::Backwards, 1)
+                    .await,
+            )
             .await?;
         Ok(events.pop())
     }
@@ -407,7 +456,8 @@ impl EventStore {
         limit: usize,
         prefix: Option<&str>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.backend.read_all(after, limit, prefix).await
+        self.opened(self.backend.read_all(after, limit, prefix).await)
+            .await
     }
 
     /// Events of these types only, after `after`, in global order: a rebuild reads only what
@@ -418,7 +468,8 @@ impl EventStore {
         limit: usize,
         types: &[String],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.backend.read_all_of_types(after, limit, types).await
+        self.opened(self.backend.read_all_of_types(after, limit, types).await)
+            .await
     }
 
     /// The highest committed position, read from the database.
@@ -440,6 +491,7 @@ impl EventStore {
         prefix: Option<String>,
     ) -> impl Stream<Item = Result<SubscriptionMessage, StoreError>> + Send + 'static {
         let backend = self.backend.clone();
+        let vault = self.vault.clone();
         let mut head = self.head.clone();
         let poll = self.poll_interval;
         async_stream::try_stream! {
@@ -449,7 +501,11 @@ impl EventStore {
                 // Mark the current head as seen *before* reading, so a commit that lands after the
                 // read still wakes the wait below.
                 head.borrow_and_update();
-                let page = backend.read_all(last, SUBSCRIPTION_PAGE, prefix.as_deref()).await?;
+                let page = open_with(
+                    vault.as_deref(),
+                    backend.read_all(last, SUBSCRIPTION_PAGE, prefix.as_deref()).await,
+                )
+                .await?;
                 let full = page.len() == SUBSCRIPTION_PAGE;
                 for event in page {
                     debug_assert!(event.position > last, "read_all must move forwards");
@@ -477,6 +533,18 @@ impl EventStore {
             }
         }
     }
+}
+
+/// Opens the sealed personal fields of events read from a backend.
+async fn open_with(
+    vault: Option<&crate::vault::Vault>,
+    events: Result<Vec<RecordedEvent>, StoreError>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = events?;
+    if let Some(vault) = vault {
+        vault.open_events(&mut events).await?;
+    }
+    Ok(events)
 }
 
 /// Checks a request's shape and serialises its payloads, off the writer's hot path.

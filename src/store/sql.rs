@@ -16,11 +16,15 @@ use crate::with_pool;
 
 pub struct SqlBackend {
     db: Db,
+    vault: std::sync::Arc<crate::vault::Vault>,
 }
 
 impl SqlBackend {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            vault: std::sync::Arc::new(crate::vault::Vault::new(db.clone())),
+            db,
+        }
     }
 }
 
@@ -142,6 +146,10 @@ impl Backend for SqlBackend {
             query.build_query_as().fetch_all(pool).await?
         });
         row::into_recorded(rows)
+    }
+
+    fn vault(&self) -> Option<std::sync::Arc<crate::vault::Vault>> {
+        Some(self.vault.clone())
     }
 
     async fn head(&self) -> Result<u64, StoreError> {

@@ -12,6 +12,7 @@ mod authz;
 #[cfg(feature = "s3")]
 mod blob_s3;
 mod crash;
+mod erasure;
 mod error_reporting;
 mod http_admin;
 mod http_catalog;
