@@ -151,6 +151,11 @@ impl App {
             pipeline_settings(config)?,
         );
         pipeline.guard_spending(quotas.clone());
+        // Several instances share lectures through PostgreSQL: each holds the ones it runs.
+        let holder = match &db {
+            Db::Postgres(pool) => Some(Arc::new(crate::live::holder::Holder::new(pool.clone()))),
+            Db::Sqlite(_) => None,
+        };
         let live = Live::new(
             store.clone(),
             blobs.clone(),
@@ -158,8 +163,12 @@ impl App {
             live_settings(config),
             hub,
             pipeline.notifier(),
+            holder,
         );
         let recovered = recover_lectures(&db, &store, &lectures, &live, recovered).await?;
+        if live.holder().is_some() {
+            spawn_orphan_sweeper(db.clone(), live.clone());
+        }
         tracing::info!(blobs = %blobs.describe(), recovered, "live lectures ready");
         let resumed = pipeline.recover().await?;
         pipeline.spawn_sweeper(Duration::from_secs(60));
@@ -398,6 +407,18 @@ async fn recover_lectures(
     );
     let mut unfinished = Vec::new();
     for id in unfinished_lectures(db).await? {
+        // Shared lectures: only those this instance's WAL still has audio of are its own to
+        // bring back (and only if nobody took them over meanwhile); the others are held by
+        // their instances, or resumed anywhere, or abandoned by the sweeper.
+        if let Some(holder) = live.holder() {
+            if !recovered.contains_key(&id) {
+                continue;
+            }
+            if !holder.try_hold(id).await? {
+                tracing::warn!(lecture = %id, "a lecture this instance ran was taken over while it was down");
+                continue;
+            }
+        }
         let events = store
             .read_stream_all(&teachback_events::streams::lecture(id))
             .await?;
@@ -473,6 +494,36 @@ fn spawn_retention(
                 Ok(_) => {}
                 Err(EraseError::Store(StoreError::Closed)) => return,
                 Err(e) => tracing::warn!(error = %e, "audio retention run failed"),
+            }
+        }
+    });
+}
+
+/// Shared lectures: one instance at a time abandons lectures nobody resumed in time.
+fn spawn_orphan_sweeper(db: Db, live: Live) {
+    tokio::spawn(async move {
+        let every = live
+            .settings()
+            .grace
+            .min(Duration::from_secs(15))
+            .max(Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            if db.is_closed() {
+                return;
+            }
+            let Ok(Some(_lease)) = crate::lease::Lease::try_acquire(&db, "live-sweeper").await
+            else {
+                continue;
+            };
+            match unfinished_lectures(&db).await {
+                Ok(ids) => {
+                    let n = live.sweep_orphans(ids).await;
+                    if n > 0 {
+                        tracing::info!(abandoned = n, "lectures nobody came back to");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "listing unfinished lectures failed"),
             }
         }
     });

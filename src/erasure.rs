@@ -100,7 +100,12 @@ pub async fn erase(
     vault.destroy(user).await?;
     let mut blobs_deleted = 0u32;
     for (done, lecture) in lectures.iter().enumerate() {
-        for key in blob_keys(store, *lecture).await?.into_values() {
+        let direct = crate::blob::direct_upload_key(*lecture);
+        for key in blob_keys(store, *lecture)
+            .await?
+            .into_values()
+            .chain([direct])
+        {
             if blobs.delete(&key).await? {
                 blobs_deleted += 1;
             }

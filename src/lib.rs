@@ -18,6 +18,7 @@
 //! - [`analytics`]: the team's numbers, from the learning read model.
 //! - [`audit`]: audit tools over the log (a learner's trail).
 //! - [`replay`]: a lecture's timeline from the log, printed with its timing or served as a watch.
+//! - [`lease`]: leadership among instances sharing PostgreSQL (advisory locks).
 //! - [`limits`]: rate limits per client address and learner (shared through PostgreSQL).
 //! - [`usage`]: daily quotas per learner and the spending guard, from the usage read model.
 //! - [`vault`]: per-learner keys sealing personal fields and audio (erasure by destroying them).
@@ -39,6 +40,7 @@ pub mod erasure;
 pub mod error_reporting;
 pub mod grade;
 pub mod http;
+pub mod lease;
 pub mod limits;
 pub mod live;
 pub mod loadgen;

@@ -19,6 +19,9 @@
 //!   `teachback_rate_limit_errors_total`, `teachback_quota_refusals_total{quota}`,
 //!   `teachback_budget_spent_usd`, `teachback_budget_usd`, `teachback_budget_guard_active`,
 //!   `teachback_budget_guard_grades_total`.
+//! - Several instances: `teachback_projection_leader{projection}` (1 on the instance running it),
+//!   `teachback_leases_taken_total{lease}`, `teachback_live_takeovers_total`.
+//! - Erasure and retention: `teachback_erasures_total`, `teachback_audio_expired_blobs_total`.
 
 use std::sync::OnceLock;
 

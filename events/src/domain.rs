@@ -537,6 +537,16 @@ pub struct NotificationOpened {
     pub user_id: Uuid,
 }
 
+/// The instance running a live lecture let it go when its learner's connection dropped, with
+/// every chunk it had received stored in segments (through `lastSeq`): the learner may resume on
+/// any instance (several instances share one database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LectureReleased {
+    pub lecture_id: Uuid,
+    pub last_seq: u64,
+}
+
 /// Who asked for a learner's data to be erased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -677,6 +687,7 @@ events! {
     NotificationOpened => 1,
     UserErased => 1,
     AudioDeleted => 1,
+    LectureReleased => 1,
 }
 
 /// Whose personal data an event holds: the learner its `userId` names, or the learner of the

@@ -21,12 +21,12 @@ pub use domain::{
     AudioDeleted, AudioDeletionReason, AudioFormat, AudioSegmentStored, CatalogEntry,
     DeviceRegistered, ErasureRequester, Event, EventKind, FeedbackStreamed, FinishReason,
     GraderKind, GradingFailed, GradingLatency, GradingStarted, LectureAbandoned, LectureCancelled,
-    LectureFinished, LectureGraded, LectureMode, LecturePaused, LectureRated, LectureResumed,
-    LectureStarted, LectureTextSubmitted, Localized, LocalizedList, NotificationCancelled,
-    NotificationFailed, NotificationOpened, NotificationParked, NotificationPreferencesSet,
-    NotificationScheduled, NotificationSent, Owner, RegradeRequested, SubScores, TokenUsage,
-    TopicPublished, TranscriptCompleted, TranscriptSegmentRecognized, TranscriptSource, UserErased,
-    UserRenamed, UsernameClaimed, UsernameReleased,
+    LectureFinished, LectureGraded, LectureMode, LecturePaused, LectureRated, LectureReleased,
+    LectureResumed, LectureStarted, LectureTextSubmitted, Localized, LocalizedList,
+    NotificationCancelled, NotificationFailed, NotificationOpened, NotificationParked,
+    NotificationPreferencesSet, NotificationScheduled, NotificationSent, Owner, RegradeRequested,
+    SubScores, TokenUsage, TopicPublished, TranscriptCompleted, TranscriptSegmentRecognized,
+    TranscriptSource, UserErased, UserRenamed, UsernameClaimed, UsernameReleased,
 };
 pub use envelope::{ClientInfo, Metadata, NewEvent, RecordedEvent};
 pub use upcast::DecodeError;

@@ -11,12 +11,12 @@ use teachback_events::{
     AudioDeleted, AudioDeletionReason, AudioFormat, AudioSegmentStored, CatalogEntry, ClientInfo,
     DeviceRegistered, ErasureRequester, Event, EventKind, FeedbackStreamed, FinishReason,
     GraderKind, GradingFailed, GradingLatency, GradingStarted, LectureAbandoned, LectureCancelled,
-    LectureFinished, LectureGraded, LectureMode, LecturePaused, LectureRated, LectureResumed,
-    LectureStarted, LectureTextSubmitted, Metadata, NotificationCancelled, NotificationFailed,
-    NotificationOpened, NotificationParked, NotificationPreferencesSet, NotificationScheduled,
-    NotificationSent, RecordedEvent, RegradeRequested, SubScores, TokenUsage, TopicPublished,
-    TranscriptCompleted, TranscriptSegmentRecognized, TranscriptSource, UserErased, UserRenamed,
-    UsernameClaimed, UsernameReleased,
+    LectureFinished, LectureGraded, LectureMode, LecturePaused, LectureRated, LectureReleased,
+    LectureResumed, LectureStarted, LectureTextSubmitted, Metadata, NotificationCancelled,
+    NotificationFailed, NotificationOpened, NotificationParked, NotificationPreferencesSet,
+    NotificationScheduled, NotificationSent, RecordedEvent, RegradeRequested, SubScores,
+    TokenUsage, TopicPublished, TranscriptCompleted, TranscriptSegmentRecognized, TranscriptSource,
+    UserErased, UserRenamed, UsernameClaimed, UsernameReleased,
 };
 use uuid::Uuid;
 
@@ -271,6 +271,10 @@ fn sample(kind: EventKind) -> Event {
             segments: vec![0, 1, 2],
             reason: AudioDeletionReason::Retention,
             retention_days: Some(30),
+        }),
+        EventKind::LectureReleased => Event::LectureReleased(LectureReleased {
+            lecture_id: uuid(3),
+            last_seq: 412,
         }),
     }
 }

@@ -43,10 +43,25 @@ pub trait BlobStore: Send + Sync + 'static {
             Err(e) => Err(e),
         }
     }
+    /// A URL a client may `PUT` the blob to directly, valid for `expires`; `None` when the
+    /// store has no such URLs (the local store: uploads then go through the server).
+    async fn signed_put_url(
+        &self,
+        _key: &str,
+        _expires: std::time::Duration,
+    ) -> Result<Option<String>, BlobError> {
+        Ok(None)
+    }
     /// Deletes the blob; `false` if there was none. Deleting is durable when it returns.
     async fn delete(&self, key: &str) -> Result<bool, BlobError>;
     /// A short description for logs (never containing credentials).
     fn describe(&self) -> String;
+}
+
+/// Where a recording uploaded straight to the blob store (by a pre-signed URL) waits for the
+/// server to take it in. It is not sealed until then; erasure deletes it too.
+pub fn direct_upload_key(lecture_id: uuid::Uuid) -> String {
+    format!("uploads/{lecture_id}/recording")
 }
 
 /// Checks that a key is a relative path of plain segments: no `..`, no empty segments, no

@@ -169,6 +169,21 @@ impl BlobStore for S3BlobStore {
         }
     }
 
+    async fn signed_put_url(
+        &self,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, BlobError> {
+        use object_store::signer::Signer;
+        let path = self.path(key)?;
+        let url = self
+            .store
+            .signed_url(reqwest::Method::PUT, &path, expires)
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(Some(url.to_string()))
+    }
+
     async fn delete(&self, key: &str) -> Result<bool, BlobError> {
         let path = self.path(key)?;
         // S3 answers a DELETE of a missing object with success, so ask first to tell the two apart.

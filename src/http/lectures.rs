@@ -444,13 +444,27 @@ pub async fn create(
     grant.max = Some(state.max_recording_bytes);
     let sig = state.keys.sign_grant(Purpose::Upload, &grant)?;
     let expires_at = jiff::Timestamp::from_second(grant.exp).map_err(anyhow::Error::new)?;
+    // With S3-compatible storage the recording goes straight to the bucket, by a pre-signed
+    // URL; the server takes it in when the lecture is finished.
+    let direct = state
+        .blobs
+        .signed_put_url(
+            &crate::blob::direct_upload_key(lecture_id),
+            state.upload_url_ttl,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing an upload URL")))?;
+    let upload_url = direct
+        .clone()
+        .unwrap_or_else(|| format!("{}/api/v1/uploads/{lecture_id}?sig={sig}", state.public_url));
     let body = json!({
         "lectureId": lecture_id,
-        "uploadUrl": format!("{}/api/v1/uploads/{lecture_id}?sig={sig}", state.public_url),
+        "uploadUrl": upload_url,
         "method": "PUT",
         "contentType": format.content_type(),
         "maxBytes": state.max_recording_bytes,
         "expiresAt": expires_at,
+        "direct": direct.is_some(),
     });
     Ok(with_position(StatusCode::CREATED, body, appended.position))
 }
@@ -585,7 +599,7 @@ fn check_upload(
 async fn store_upload(
     state: AppState,
     lecture_id: Uuid,
-    RequestMeta(mut meta): RequestMeta,
+    meta: RequestMeta,
     max: u64,
     body: Body,
 ) -> Result<Response> {
@@ -605,7 +619,64 @@ async fn store_upload(
             "the recording is empty",
         ));
     }
-    let lecture = load(&state, lecture_id).await?.ok_or_else(not_found)?;
+    let (_, answer, position) = ingest(&state, lecture_id, bytes, meta).await?;
+    Ok(match position {
+        Some(position) => with_position(StatusCode::OK, answer, position),
+        None => (StatusCode::OK, Json(answer)).into_response(),
+    })
+}
+
+/// Takes a recording uploaded straight to the blob store in, when an upload lecture without
+/// audio is finished: checked like a recording sent to the server, stored (sealed) as its
+/// segment, and the raw upload deleted. `None` if nothing was uploaded there.
+pub(crate) async fn ingest_direct_upload(
+    state: &AppState,
+    lecture: &Lecture,
+    meta: teachback_events::Metadata,
+) -> Result<Option<u64>> {
+    let key = crate::blob::direct_upload_key(lecture.id());
+    let bytes = match state.blobs.get(&key).await {
+        Ok(bytes) => bytes,
+        Err(crate::blob::BlobError::NotFound(_) | crate::blob::BlobError::InvalidKey(_)) => {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(ApiError::Internal(
+                anyhow::Error::new(e).context("reading a direct upload"),
+            ));
+        }
+    };
+    if bytes.len() as u64 > state.max_recording_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the uploaded recording has {} bytes; at most {} are accepted",
+                bytes.len(),
+                state.max_recording_bytes
+            ),
+        ));
+    }
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let (_, _, position) = ingest(state, lecture.id(), bytes, RequestMeta(meta)).await?;
+    if let Err(e) = state.blobs.delete(&key).await {
+        tracing::warn!(lecture = %lecture.id(), error = %e, "deleting a direct upload after taking it in failed");
+    }
+    Ok(position)
+}
+
+/// Checks a whole recording against its lecture, stores it as the lecture's only segment and
+/// records it. Returns the lecture as it was read, the answer, and the log position (`None`:
+/// the same recording was stored before).
+async fn ingest(
+    state: &AppState,
+    lecture_id: Uuid,
+    bytes: Bytes,
+    RequestMeta(mut meta): RequestMeta,
+) -> Result<(Lecture, Value, Option<u64>)> {
+    let lecture = load(state, lecture_id).await?.ok_or_else(not_found)?;
     if lecture.mode() != LectureMode::Upload {
         return Err(ApiError::conflict(
             "not_an_upload",
@@ -616,7 +687,8 @@ async fn store_upload(
     let answer = |lecture: &Lecture| json!({ "lectureId": lecture.id(), "bytes": bytes.len(), "sha256": sha256 });
     if let Some(existing) = lecture.segments.first() {
         if existing.sha256 == sha256 {
-            return Ok((StatusCode::OK, Json(answer(&lecture))).into_response());
+            let answer = answer(&lecture);
+            return Ok((lecture, answer, None));
         }
         return Err(ApiError::conflict(
             "already_uploaded",
@@ -666,14 +738,15 @@ async fn store_upload(
         first_seq: 0,
         last_seq: 0,
     });
-    let position = append_after(&state, &lecture, &event, meta, || {
+    let position = append_after(state, &lecture, &event, meta, || {
         ApiError::conflict(
             "already_uploaded",
             "the lecture changed while uploading; read it and try again if needed",
         )
     })
     .await?;
-    Ok(with_position(StatusCode::OK, answer(&lecture), position))
+    let answer = answer(&lecture);
+    Ok((lecture, answer, Some(position)))
 }
 
 /// The length of a WAV recording, from its header's byte rate and its data chunk; `None` for
@@ -790,6 +863,16 @@ async fn end(
             "lecture_not_live",
             "the live lecture is not running on this server; reconnect to it first",
         ));
+    }
+    let mut lecture = lecture;
+    if action == Action::Finish && lecture.segments.is_empty() {
+        // A recording uploaded straight to the blob store (S3) is taken in now.
+        if ingest_direct_upload(&state, &lecture, meta.clone())
+            .await?
+            .is_some()
+        {
+            lecture = load_owned(&state, user, lecture_id).await?;
+        }
     }
     let segments = lecture.segments.len() as u32;
     let event = match action {

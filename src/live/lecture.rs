@@ -75,6 +75,9 @@ pub struct Actor {
     detached_at: Option<Instant>,
     /// Set when the stream changed under this actor: it stops without ending the lecture.
     conflicted: bool,
+    /// Set when the actor let the lecture go (its learner left; instances share lectures): it
+    /// stops without ending the lecture, everything received stored.
+    released: bool,
     /// Container recordings end at this wall-clock time (twice the longest lecture).
     deadline: Option<Instant>,
     /// The lecture is finished when its audio reaches this length (ms).
@@ -115,6 +118,7 @@ impl Actor {
             conn: None,
             detached_at: None,
             conflicted: false,
+            released: false,
             deadline,
             max_ms,
             max_container_bytes,
@@ -164,6 +168,53 @@ impl Actor {
         actor
     }
 
+    /// An actor for a lecture let go by the instance that ran it (its learner reconnected
+    /// here): everything it received is in stored segments. It starts attached-to-be.
+    pub(crate) fn take_over(live: Arc<Inner>, lecture: Lecture) -> Actor {
+        let mut actor = Actor::recover(live, lecture, BTreeMap::new());
+        actor.detached_at = None;
+        actor
+    }
+
+    /// Whether to let the lecture go now: instances share lectures, and the learner has left.
+    fn should_release(&self) -> bool {
+        self.live.holder.is_some()
+            && self.conn.is_none()
+            && self.detached_at.is_some()
+            && !self.status.is_terminal()
+            && !self.released
+            && !self.conflicted
+    }
+
+    /// Stores everything received as a segment, so the log holds all the acknowledged audio,
+    /// and lets the lecture go: the learner may resume on any instance. On failure (storage
+    /// down) the lecture stays here and the grace period runs as usual.
+    async fn release(&mut self, frames: &Frames) {
+        let mut durable = self.durable.subscribe();
+        let target = self.received_seq;
+        let _ = tokio::time::timeout(DURABLE_WAIT, durable.wait_for(|d| *d >= target)).await;
+        let stored = match self.close_segment(frames).await {
+            Ok(()) => {
+                let released = Event::LectureReleased(teachback_events::LectureReleased {
+                    lecture_id: self.id(),
+                    last_seq: self.received_seq,
+                });
+                self.append(released, frames).await
+            }
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) if !self.conflicted => {
+                self.released = true;
+                tracing::info!(lecture = %self.id(), stored_through = self.received_seq, "learner left; lecture let go");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(lecture = %self.id(), error = %e, "could not store the audio to let the lecture go; keeping it");
+            }
+        }
+    }
+
     pub fn id(&self) -> Uuid {
         self.started.lecture_id
     }
@@ -186,6 +237,12 @@ impl Actor {
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>, frames: Frames) {
         let mut wal_failed = self.live.wal.failed();
         loop {
+            if self.should_release() {
+                self.release(&frames).await;
+                if self.released {
+                    break;
+                }
+            }
             let grace_end = self.detached_at.map(|at| at + self.live.settings.grace);
             tokio::select! {
                 () = sleep_until(self.deadline) => {
@@ -252,14 +309,23 @@ impl Actor {
                 } => {
                     let _ = reply.send(Err(ended()));
                 }
+                Command::Attach { reply, .. } if self.released => {
+                    let _ = reply.send(Err(LiveError::new(
+                        "lecture_released",
+                        "the lecture was let go; reconnect to take it over",
+                    )));
+                }
                 Command::Attach { reply, .. } => {
                     let _ = reply.send(Err(ended()));
                 }
                 Command::Control { reply: None, .. } | Command::Detach { .. } => {}
             }
         }
-        if self.status.is_terminal() && !self.conflicted {
+        if (self.status.is_terminal() || self.released) && !self.conflicted {
             self.live.wal.forget(self.id());
+        }
+        if let Some(holder) = &self.live.holder {
+            holder.release(self.id()).await;
         }
     }
 
@@ -322,6 +388,11 @@ impl Actor {
                     return;
                 }
                 let result = self.control(action, frames).await;
+                if self.conn.is_none() && self.detached_at.is_none() {
+                    // Taken over only to be controlled: nobody is connected, so the grace
+                    // period (or, shared, letting it go again) starts now.
+                    self.detached_at = Some(Instant::now());
+                }
                 match reply {
                     Some(reply) => {
                         let _ = reply.send(result);

@@ -18,6 +18,7 @@
 //! - [`wal`]: the audio write-ahead log.
 //! - [`lecture`]: the lecture actor.
 
+pub mod holder;
 pub mod hub;
 pub mod lecture;
 pub mod protocol;
@@ -206,6 +207,10 @@ pub(crate) struct Inner {
     /// Raised when the server begins to shut down: connections close with 1012 so that clients
     /// reconnect (to this server once it is back, or to another) and resume.
     shutdown: watch::Sender<bool>,
+    /// With several instances on PostgreSQL: the locks of the lectures this instance runs. An
+    /// actor then lets its lecture go as soon as its learner's connection drops, so that the
+    /// learner may resume on any instance.
+    pub(crate) holder: Option<Arc<holder::Holder>>,
 }
 
 impl Inner {
@@ -229,6 +234,7 @@ impl Live {
         settings: LiveSettings,
         hub: Hub,
         on_stored: Notifier,
+        holder: Option<Arc<holder::Holder>>,
     ) -> Live {
         Live {
             inner: Arc::new(Inner {
@@ -242,8 +248,15 @@ impl Live {
                 by_user: DashMap::new(),
                 next_conn: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
+                holder,
             }),
         }
+    }
+
+    /// The locks of the lectures this instance runs, when instances share lectures
+    /// (PostgreSQL).
+    pub fn holder(&self) -> Option<&Arc<holder::Holder>> {
+        self.inner.holder.as_ref()
     }
 
     pub fn hub(&self) -> &Hub {
@@ -338,6 +351,12 @@ impl Live {
             }
         };
         let version = appended.version;
+        if let Some(holder) = &self.inner.holder
+            && !matches!(holder.try_hold(lecture_id).await, Ok(true))
+        {
+            // A brand-new id nobody else can know: only a broken lock session gets here.
+            tracing::warn!(lecture = %lecture_id, "could not take the lock of a new lecture");
+        }
         let started_message =
             protocol::event_message(&event, version).expect("LectureStarted has a frame");
         let mut actor = Actor::new(self.inner.clone(), started, version, new.metadata);
@@ -378,14 +397,81 @@ impl Live {
         lecture: Uuid,
         conn: Conn,
     ) -> Result<Attached, LiveError> {
-        let handle = self.get(lecture).filter(|h| h.owner == user);
-        let Some(handle) = handle else {
+        let not_live = || {
+            LiveError::new(
+                "lecture_not_live",
+                "no live lecture of yours has that id (it may have ended: see GET /api/v1/lectures/{id})",
+            )
+        };
+        if let Some(handle) = self.get(lecture) {
+            if handle.owner != user {
+                return Err(not_live());
+            }
+            match self.attach(&handle, conn.clone()).await {
+                // It let the lecture go while this reconnect waited: take it over below.
+                Err(e) if e.code == "lecture_released" => {}
+                other => return other,
+            }
+        }
+        if self.inner.holder.is_none() {
+            return Err(not_live());
+        }
+        let handle = self.take_over(user, lecture).await?;
+        self.attach(&handle, conn).await
+    }
+
+    /// Runs a lecture no instance holds here (its learner's connection dropped on this or
+    /// another instance): its state from its stream, its audio from its stored segments.
+    async fn take_over(&self, user: Uuid, lecture: Uuid) -> Result<LectureHandle, LiveError> {
+        let holder = self.inner.holder.as_ref().expect("shared lectures");
+        let elsewhere = || {
+            let mut e = LiveError::new(
+                "lecture_elsewhere",
+                "the lecture is still held by another server, which is storing its audio; retry in a moment",
+            );
+            e.retry_after_secs = Some(1);
+            e
+        };
+        match holder.try_hold(lecture).await {
+            Ok(true) => {}
+            Ok(false) => return Err(elsewhere()),
+            Err(e) => {
+                tracing::error!(error = %e, "taking a lecture's lock failed");
+                return Err(LiveError::internal());
+            }
+        }
+        let events = match self
+            .inner
+            .store
+            .read_stream_all(&streams::lecture(lecture))
+            .await
+        {
+            Ok(events) => events,
+            Err(e) => {
+                holder.release(lecture).await;
+                tracing::error!(error = %e, "reading a lecture to take it over failed");
+                return Err(LiveError::internal());
+            }
+        };
+        let folded = Lecture::fold(&events).ok().flatten().filter(|l| {
+            l.owner() == user && l.mode() == LectureMode::Live && !l.status.is_terminal()
+        });
+        let Some(folded) = folded else {
+            holder.release(lecture).await;
             return Err(LiveError::new(
                 "lecture_not_live",
                 "no live lecture of yours has that id (it may have ended: see GET /api/v1/lectures/{id})",
             ));
         };
-        self.attach(&handle, conn).await
+        {
+            let mut slots = self.inner.by_user.entry(user).or_default();
+            if !slots.contains(&lecture) {
+                slots.push(lecture);
+            }
+        }
+        tracing::info!(%lecture, stored_through = folded.stored_through_seq, "took a live lecture over");
+        metrics::counter!("teachback_live_takeovers_total").increment(1);
+        Ok(self.spawn(Actor::take_over(self.inner.clone(), folded)))
     }
 
     async fn attach(&self, handle: &LectureHandle, conn: Conn) -> Result<Attached, LiveError> {
@@ -404,6 +490,69 @@ impl Live {
         })?;
         attached.handle = Some(handle.clone());
         Ok(attached)
+    }
+
+    /// Shared lectures (PostgreSQL): abandons those of `unfinished` that no instance holds and
+    /// whose learner has been gone for the grace period (their instance let them go and nobody
+    /// resumed them, or it died). Run by one instance at a time. Returns how many it abandoned.
+    pub async fn sweep_orphans(&self, unfinished: Vec<Uuid>) -> usize {
+        let Some(holder) = self.inner.holder.clone() else {
+            return 0;
+        };
+        let mut abandoned = 0;
+        for id in unfinished {
+            if self.get(id).is_some() || !matches!(holder.try_hold(id).await, Ok(true)) {
+                continue;
+            }
+            if self.abandon_orphan(id).await {
+                abandoned += 1;
+            }
+            holder.release(id).await;
+        }
+        abandoned
+    }
+
+    async fn abandon_orphan(&self, id: Uuid) -> bool {
+        let stream = streams::lecture(id);
+        let Ok(events) = self.inner.store.read_stream_all(&stream).await else {
+            return false;
+        };
+        let (Some(last), Ok(Some(lecture))) = (events.last(), Lecture::fold(&events)) else {
+            return false;
+        };
+        let gone_for = jiff::Timestamp::now().duration_since(last.recorded_at);
+        if lecture.status.is_terminal()
+            || lecture.mode() != LectureMode::Live
+            || gone_for.unsigned_abs() < self.inner.settings.grace
+        {
+            return false;
+        }
+        let event = Event::LectureAbandoned(teachback_events::LectureAbandoned {
+            lecture_id: id,
+            segments: lecture.segments.len() as u32,
+            duration_ms: lecture.started.format.is_pcm().then_some(lecture.stored_ms),
+        });
+        let metadata = Metadata {
+            correlation_id: Some(Uuid::now_v7()),
+            ..Metadata::default()
+        };
+        let appended = self
+            .inner
+            .store
+            .append_to_stream(
+                &stream,
+                ExpectedVersion::Exact(lecture.version),
+                vec![NewEvent::from_event(&event, metadata)],
+            )
+            .await;
+        match appended {
+            Ok(_) => {
+                tracing::info!(lecture = %id, "nobody resumed a lecture let go; abandoned");
+                true
+            }
+            // Resumed (or transcribed) meanwhile: the next sweep looks again.
+            Err(_) => false,
+        }
     }
 
     /// Rebuilds unfinished live lectures after a restart: their state from their streams, their
@@ -434,7 +583,16 @@ impl Live {
         lecture: Uuid,
         action: lecture::Action,
     ) -> Option<Result<(), LiveError>> {
-        let handle = self.get(lecture).filter(|h| h.owner == user)?;
+        let handle = match self.get(lecture) {
+            Some(handle) => Some(handle).filter(|h| h.owner == user)?,
+            // Shared lectures: one let go (its learner left) is taken over to be ended here.
+            None if self.inner.holder.is_some() => match self.take_over(user, lecture).await {
+                Ok(handle) => handle,
+                Err(e) if e.code == "lecture_elsewhere" => return Some(Err(e)),
+                Err(_) => return None,
+            },
+            None => return None,
+        };
         let (reply, answer) = oneshot::channel();
         if !handle
             .send(Command::Control {

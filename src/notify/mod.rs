@@ -132,9 +132,26 @@ impl Notifier {
 
     /// Runs the scheduler and the outbox in the background: a pass every tick, and sooner when
     /// a retry falls due or [`Notifier::wake`] is called.
+    /// With several instances on one PostgreSQL database, one of them (the holder of the
+    /// `notifier` lease) does this, so a nudge is not sent twice.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
+            loop {
+                let mut lease =
+                    crate::lease::Lease::acquire(&this.inner.db, "notifier", || async {}).await;
+                tokio::select! {
+                    () = this.work() => return,
+                    () = lease.lost() => {}
+                }
+            }
+        })
+    }
+
+    /// The scheduler and outbox loop.
+    async fn work(&self) {
+        let this = self;
+        {
             let tick = this.inner.settings.tick;
             let mut next_schedule = tokio::time::Instant::now();
             loop {
@@ -171,7 +188,7 @@ impl Notifier {
                     () = tokio::time::sleep(pause) => {}
                 }
             }
-        })
+        }
     }
 
     /// Makes the background loop run a pass now.

@@ -223,6 +223,9 @@ impl Pipeline {
 
     /// Every `every`, wakes the lectures whose processing has not ended and that no worker holds
     /// (a worker that gave up on a failing database, say), so none stays in progress for ever.
+    /// With several instances on one PostgreSQL database, only the holder of the
+    /// `pipeline-sweeper` lease sweeps, so a lecture another instance is working on is not
+    /// picked up twice.
     pub fn spawn_sweeper(&self, every: Duration) {
         let pipeline = self.clone();
         tokio::spawn(async move {
@@ -233,6 +236,11 @@ impl Pipeline {
                 if pipeline.inner.db.is_closed() {
                     return;
                 }
+                let Ok(Some(_lease)) =
+                    crate::lease::Lease::try_acquire(&pipeline.inner.db, "pipeline-sweeper").await
+                else {
+                    continue;
+                };
                 if let Err(e) = pipeline.recover().await {
                     tracing::warn!(error = %e, "looking for unprocessed lectures failed");
                 }

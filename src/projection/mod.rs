@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::db::{Db, DbTx};
+use crate::lease::Lease;
 use crate::store::{EventStore, SubscriptionMessage};
 use crate::{with_pool, with_tx};
 
@@ -167,6 +168,17 @@ impl ProjectionStatus {
     }
 }
 
+/// A follower's step: moves the status to the leader's stored checkpoint.
+async fn follow_checkpoint(db: &Db, name: &str, position: &watch::Sender<u64>) {
+    if let Ok(Some(stored)) = find_checkpoint(db, name).await {
+        position.send_if_modified(|p| {
+            let moved = stored > *p;
+            *p = (*p).max(stored);
+            moved
+        });
+    }
+}
+
 pub async fn load_checkpoint(db: &Db, name: &str) -> Result<u64, sqlx::Error> {
     Ok(find_checkpoint(db, name).await?.unwrap_or(0))
 }
@@ -269,7 +281,21 @@ pub async fn spawn(
             }
         }
         loop {
-            let result = run(&db, &store, &*projector, &position_tx, &error_tx).await;
+            // One instance runs the projection; the others follow its checkpoint, so their
+            // reads-after-writes and ranking boards move on with it.
+            let mut lease = Lease::acquire(&db, &format!("projection:{name}"), || {
+                follow_checkpoint(&db, name, &position_tx)
+            })
+            .await;
+            metrics::gauge!("teachback_projection_leader", "projection" => name.to_owned())
+                .set(1.0);
+            let result = tokio::select! {
+                result = run(&db, &store, &*projector, &position_tx, &error_tx) => result,
+                () = lease.lost() => Err(anyhow::anyhow!("lost the lead of projection {name}")),
+            };
+            drop(lease);
+            metrics::gauge!("teachback_projection_leader", "projection" => name.to_owned())
+                .set(0.0);
             if db.is_closed() {
                 // The server is stopping; the checkpoint says where to go on next time.
                 return;

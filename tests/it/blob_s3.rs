@@ -178,3 +178,148 @@ async fn a_live_lecture_stores_its_segments_in_s3() {
     drop(app);
     db.cleanup().await;
 }
+
+/// The REST fallback with S3: the upload URL is pre-signed for the bucket, the client puts the
+/// recording there directly, and finishing the lecture takes it in (checked, sealed, stored as
+/// its segment) and deletes the raw upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_goes_straight_to_s3_by_a_signed_url_and_is_taken_in_at_finish() {
+    use crate::live_support::{TOPIC, learner, segment_at, speech};
+    use serde_json::{Value, json};
+
+    let Some(endpoint) = endpoint() else { return };
+    let http = reqwest::Client::new();
+    let bucket = format!("teachback-upload-{}", uuid::Uuid::now_v7().simple());
+    let created = http
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("the S3 test server answers");
+    assert!(created.status().is_success());
+    let store = S3BlobStore::new(&bucket, "audio", &endpoint, true, "test", "test").unwrap();
+    let store: std::sync::Arc<dyn BlobStore> = std::sync::Arc::new(store);
+    let db = crate::support::TestDb::sqlite().await;
+    let app = crate::support::spawn_app_on(
+        &db,
+        |c| c.max_recording_bytes = 200_000,
+        Some(store.clone()),
+    )
+    .await;
+    let token = learner(&app).await;
+    let root = S3BlobStore::new(&bucket, "", &endpoint, true, "test", "test").unwrap();
+
+    let start = |format: &'static str| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            app.post_json(
+                "/api/v1/lectures",
+                &token,
+                Some(json!({"topicId": TOPIC, "format": format, "language": "ko"})),
+            )
+            .await
+        }
+    };
+    let finish = |lecture: String| {
+        let http = http.clone();
+        let url = app.url(&format!("/api/v1/lectures/{lecture}/finish"));
+        let token = token.clone();
+        async move {
+            let r = http.post(url).bearer_auth(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // A WAV recording, put straight into the bucket.
+    let ticket = start("wav").await;
+    assert_eq!(ticket["direct"], true, "{ticket}");
+    let upload_url = ticket["uploadUrl"].as_str().unwrap();
+    assert!(
+        upload_url.starts_with(&endpoint),
+        "a URL of the bucket: {upload_url}"
+    );
+    assert!(
+        upload_url.contains("X-Amz-Signature="),
+        "pre-signed: {upload_url}"
+    );
+    let lecture = ticket["lectureId"].as_str().unwrap().to_owned();
+    let wav = teachback::live::segment::wav(&speech(2_000, 3), 16_000);
+    let put = http
+        .put(upload_url)
+        .header("content-type", "audio/wav")
+        .body(wav.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "PUT to S3: {}", put.status());
+    let raw = format!("audio/uploads/{lecture}/recording");
+    assert!(root.exists(&raw).await.unwrap());
+    let (status, finished) = finish(lecture.clone()).await;
+    assert_eq!(status, 200, "{finished}");
+    assert_eq!(finished["status"], "finished");
+    assert_eq!(finished["segments"].as_array().unwrap().len(), 1);
+    let stored = segment_at(&http, &app.url(""), &token, &lecture, 0).await;
+    assert_eq!(&stored[..], &wav[..], "the recording, as uploaded");
+    assert!(
+        !root.exists(&raw).await.unwrap(),
+        "the raw upload is deleted"
+    );
+    // In the bucket the segment is sealed, not the plain recording.
+    let events = app
+        .state
+        .store
+        .read_stream_all(&format!("lecture-{lecture}"))
+        .await
+        .unwrap();
+    let key = events
+        .iter()
+        .find(|e| e.event_type == "AudioSegmentStored")
+        .map(|e| e.payload["blobKey"].as_str().unwrap().to_owned())
+        .expect("the segment is recorded");
+    let sealed = root.get(&format!("audio/{key}")).await.unwrap();
+    assert!(sealed.starts_with(teachback::vault::BLOB_MAGIC));
+    assert!(!sealed.windows(16).any(|w| w == &wav[1_000..1_016]));
+
+    // Bytes of another container than the lecture declared are refused at finish; nothing is
+    // recorded.
+    let ticket = start("wav").await;
+    let lecture = ticket["lectureId"].as_str().unwrap().to_owned();
+    let mut ogg = b"OggS\0\x02".to_vec();
+    ogg.resize(4_000, 0);
+    http.put(ticket["uploadUrl"].as_str().unwrap())
+        .body(ogg)
+        .send()
+        .await
+        .unwrap();
+    let (status, refused) = finish(lecture.clone()).await;
+    assert_eq!(status, 415, "{refused}");
+    assert_eq!(refused["error"]["code"], "recording_format_mismatch");
+    let view = app
+        .get_json(&format!("/api/v1/lectures/{lecture}"), Some(&token))
+        .await;
+    assert_eq!(view["status"], "recording");
+    assert!(view["segments"].as_array().unwrap().is_empty());
+
+    // Larger than allowed (the pre-signed URL cannot limit it): refused at finish.
+    let ticket = start("wav").await;
+    let lecture = ticket["lectureId"].as_str().unwrap().to_owned();
+    let big = teachback::live::segment::wav(&speech(8_000, 4), 16_000);
+    assert!(big.len() > 200_000);
+    http.put(ticket["uploadUrl"].as_str().unwrap())
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let (status, refused) = finish(lecture).await;
+    assert_eq!(status, 413, "{refused}");
+    assert_eq!(refused["error"]["code"], "payload_too_large");
+
+    // Nothing uploaded: the usual `no_audio`.
+    let ticket = start("wav").await;
+    let (status, refused) = finish(ticket["lectureId"].as_str().unwrap().to_owned()).await;
+    assert_eq!(status, 409);
+    assert_eq!(refused["error"]["code"], "no_audio");
+    drop(app);
+    db.cleanup().await;
+}

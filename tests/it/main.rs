@@ -17,6 +17,7 @@ mod error_reporting;
 mod http_admin;
 mod http_catalog;
 mod http_users;
+mod instances;
 mod limits;
 mod live;
 mod live_support;
