@@ -178,6 +178,14 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the hash chain over the stored log: recompute every event's hash from its stored
+    /// columns and the event before it, and report the first link that does not hold. Exits 0
+    /// when the chain is intact (printing its head, to record elsewhere), 1 when it is broken.
+    Verify {
+        /// Print one JSON object (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -267,6 +275,9 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Trail { user, json },
         } => audit_trail(&cli.config, user, json).await,
+        Command::Audit {
+            command: AuditCommand::Verify { json },
+        } => audit_verify(&cli.config, json).await,
         Command::Replay {
             lecture,
             speed,
@@ -456,6 +467,46 @@ async fn audit_trail(config: &Config, user: uuid::Uuid, json: bool) -> anyhow::R
         eprintln!("{} events concern learner {user}", entries.len());
     }
     Ok(())
+}
+
+async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<()> {
+    // Read-only and without a writer: a store would hash a tail it found without hashes, and
+    // this command must report what is stored, not repair it.
+    let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
+    db.ping_log()
+        .await
+        .context("no event log here: check TEACHBACK_DATABASE_URL or TEACHBACK_DATA_DIR")?;
+    let bar = progress_bar(json, "verifying the hash chain", 0)?;
+    let report = crate::audit::verify(&db, &|at, head| {
+        bar.set_length(head);
+        bar.set_position(at);
+    })
+    .await;
+    bar.finish_and_clear();
+    db.close().await;
+    let report = report.context("reading the event log")?;
+    if json {
+        println!("{}", report.to_json());
+    }
+    match &report.outcome {
+        crate::audit::Verdict::Intact { head } => {
+            if !json {
+                match head {
+                    Some(head) => println!(
+                        "the hash chain is intact: {} events, head at position {} with hash {}",
+                        report.events, head.position, head.hash
+                    ),
+                    None => println!("the event log is empty"),
+                }
+            }
+            Ok(())
+        }
+        // An error: its message goes to stderr and the exit code is 1.
+        crate::audit::Verdict::Broken(broken) => Err(anyhow::anyhow!(
+            "{broken} ({} events before it verified)",
+            report.events
+        )),
+    }
 }
 
 async fn replay(

@@ -128,13 +128,18 @@ impl Db {
         }
     }
 
-    /// Applies the dialect's migrations from `migrations/<dialect>/`.
+    /// Applies the dialect's migrations from `migrations/<dialect>/`, then hashes the events
+    /// written before the hash chain existed (see `store/backfill.rs`).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
             Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
             Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
         }
-        .context("database migration failed")
+        .context("database migration failed")?;
+        crate::store::backfill::backfill(self)
+            .await
+            .context("hashing the events written before the hash chain")?;
+        Ok(())
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -1,11 +1,16 @@
 //! The log as JSON Lines, byte for byte: `teachback export` and `teachback import`.
 //!
 //! One line per event, in global order: position, id, stream, version, type, schema version,
-//! time, and the metadata and payload exactly as stored (embedded as JSON, not re-encoded).
-//! Importing into an empty store writes the same rows (same positions, ids, versions, times and
-//! bytes), so export → import → export gives the same file, on either database: this is how a
-//! deployment moves between SQLite and PostgreSQL. The read models are not exported; they are
-//! folds of the log and a server rebuilds them from it at start.
+//! time, the metadata and payload exactly as stored (embedded as JSON, not re-encoded), and the
+//! event's hash in the chain (`chain.rs`). Importing into an empty store writes the same rows
+//! (same positions, ids, versions, times, bytes and hashes), so export → import → export gives the
+//! same file, on either database: this is how a deployment moves between SQLite and PostgreSQL.
+//! The read models are not exported; they are folds of the log and a server rebuilds them from it
+//! at start.
+//!
+//! Import recomputes the chain line by line and refuses an archive whose stored hashes do not
+//! follow: one that was altered, or a filtered export (which leaves events out, so it is not the
+//! log). Archives written before the chain existed have no hashes; import computes them.
 
 use std::io::{BufRead, Write};
 
@@ -14,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::row::{prefix_len, to_db};
+use super::chain;
+use super::row::{STORED_COLUMNS, StoredEvent, prefix_len, to_db};
 use crate::db::Db;
 use crate::{with_pool, with_tx};
 
@@ -69,6 +75,27 @@ pub struct ArchivedEvent {
     pub recorded_at: Timestamp,
     pub metadata: Box<RawValue>,
     pub payload: Box<RawValue>,
+    /// The event's hash in the chain, as stored. Optional when reading: archives written before
+    /// the chain existed have none, and import computes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+impl ArchivedEvent {
+    /// The columns the event's hash covers, as they will be stored.
+    fn fields(&self) -> chain::Row<'_> {
+        chain::Row {
+            position: self.position,
+            id: self.id,
+            stream: &self.stream,
+            version: self.version,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            recorded_at_us: self.recorded_at.as_microsecond(),
+            metadata: self.metadata.get(),
+            payload: self.payload.get(),
+        }
+    }
 }
 
 /// What an export or an import did.
@@ -97,13 +124,18 @@ pub enum ImportError {
     NotEmpty(u64),
     #[error("line {line}: {reason}")]
     BadLine { line: u64, reason: String },
+    #[error(
+        "line {line}: the hash of the event at position {position} does not follow from the \
+         lines before it: the archive is a filtered export (--stream-prefix, --type, --since or \
+         --until leave events out, and only a whole log can be imported), or it was altered"
+    )]
+    ChainBroken { line: u64, position: u64 },
     #[error("reading the archive: {0}")]
     Read(#[from] std::io::Error),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
-type Row = (i64, Uuid, String, i64, String, i32, i64, String, String);
 /// user id, key, created at, erased at.
 type KeyRow = (Uuid, Option<Vec<u8>>, i64, Option<i64>);
 
@@ -174,14 +206,13 @@ pub async fn export(
 ) -> anyhow::Result<Summary> {
     let (conditions, binds) = conditions(filter);
     let sql = format!(
-        "SELECT position, id, stream, version, event_type, schema_version, recorded_at, \
-         metadata, payload FROM events WHERE position > $1{conditions} ORDER BY position \
+        "SELECT {STORED_COLUMNS} FROM events WHERE position > $1{conditions} ORDER BY position \
          LIMIT {PAGE}"
     );
     let mut after = 0i64;
     let mut summary = Summary::default();
     loop {
-        let rows: Vec<Row> = with_pool!(db, pool => {
+        let rows: Vec<StoredEvent> = with_pool!(db, pool => {
             let mut query = sqlx::query_as(&sql).bind(after);
             for bind in &binds {
                 query = match bind {
@@ -191,25 +222,27 @@ pub async fn export(
             }
             query.fetch_all(pool).await?
         });
-        let Some(last) = rows.last().map(|r| r.0) else {
+        let Some(last) = rows.last().map(|r| r.position) else {
             break;
         };
-        for (position, id, stream, version, event_type, schema_version, at, metadata, payload) in
-            rows
-        {
+        for row in rows {
+            let position = row.position;
             let corrupt = |what: &str, e: &dyn std::fmt::Display| {
                 anyhow::anyhow!("the event at position {position} has a corrupt {what}: {e}")
             };
             let line = ArchivedEvent {
                 position: position as u64,
-                id,
-                stream,
-                version: version as u64,
-                event_type,
-                schema_version: schema_version as u32,
-                recorded_at: Timestamp::from_microsecond(at).map_err(|e| corrupt("time", &e))?,
-                metadata: RawValue::from_string(metadata).map_err(|e| corrupt("metadata", &e))?,
-                payload: RawValue::from_string(payload).map_err(|e| corrupt("payload", &e))?,
+                id: row.id,
+                stream: row.stream,
+                version: row.version as u64,
+                event_type: row.event_type,
+                schema_version: row.schema_version as u32,
+                recorded_at: Timestamp::from_microsecond(row.recorded_at)
+                    .map_err(|e| corrupt("time", &e))?,
+                metadata: RawValue::from_string(row.metadata)
+                    .map_err(|e| corrupt("metadata", &e))?,
+                payload: RawValue::from_string(row.payload).map_err(|e| corrupt("payload", &e))?,
+                hash: row.hash,
             };
             serde_json::to_writer(&mut *out, &line)?;
             out.write_all(b"\n")?;
@@ -246,8 +279,9 @@ pub async fn export(
 }
 
 /// Reads an archive into an empty store, in one transaction: every event or none. Lines must be
-/// in increasing position order; blank lines are skipped. `progress` is told how many events
-/// are read so far.
+/// in increasing position order; blank lines are skipped. Each event's hash is recomputed from
+/// the one before; a line with a stored hash that differs refuses the whole import. `progress`
+/// is told how many events are read so far.
 pub async fn import(
     db: &Db,
     input: &mut dyn BufRead,
@@ -262,6 +296,7 @@ pub async fn import(
     let mut tx = db.begin_write().await?;
     let mut summary = Summary::default();
     let mut previous = 0u64;
+    let mut prev_hash = chain::GENESIS;
     let mut line_no = 0u64;
     let mut text = String::new();
     loop {
@@ -329,10 +364,24 @@ pub async fn import(
             return Err(bad("position or version out of range".into()));
         }
         previous = event.position;
+        let hash = chain::event_hash(&prev_hash, &event.fields());
+        let hash_hex = chain::to_hex(&hash);
+        if event
+            .hash
+            .as_ref()
+            .is_some_and(|stored| *stored != hash_hex)
+        {
+            return Err(ImportError::ChainBroken {
+                line: line_no,
+                position: event.position,
+            });
+        }
+        prev_hash = hash;
         let inserted = with_tx!(&mut tx, conn => {
             sqlx::query(
                 "INSERT INTO events (position, id, stream, version, event_type, schema_version, \
-                 recorded_at, metadata, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 recorded_at, metadata, payload, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(to_db(event.position))
             .bind(event.id)
@@ -343,6 +392,7 @@ pub async fn import(
             .bind(event.recorded_at.as_microsecond())
             .bind(event.metadata.get())
             .bind(event.payload.get())
+            .bind(&hash_hex)
             .execute(conn)
             .await
             .map(|_| ())

@@ -10,14 +10,20 @@
 //!
 //! Positions are opaque ordered `u64`s. Readers ask for events *after* a position and never
 //! assume positions are dense.
+//!
+//! Every row also stores a hash linking it to the row before it (`chain.rs`), computed by the
+//! writer under the write lock, so the stored log is tamper-evident (`teachback audit verify`).
 
 pub mod archive;
+pub(crate) mod backfill;
+pub mod chain;
 mod plan;
 mod postgres;
 mod row;
 mod sql;
 mod sqlite;
 
+pub use row::{STORED_COLUMNS, StoredEvent};
 pub use sql::SqlBackend;
 
 use std::collections::HashSet;

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::chain::Head;
+pub(crate) use super::chain::Row;
 use super::{AppendError, AppendOutcome, Appended, ExpectedVersion};
 
 /// An event whose payload and metadata are already serialised.
@@ -73,6 +75,9 @@ pub(crate) struct Existing {
 pub(crate) struct Lookup {
     /// The highest committed position.
     pub head: u64,
+    /// The stored hash of the event at `head` (`None` for an empty log, or a row written before
+    /// the hash chain existed).
+    pub head_hash: Option<String>,
     /// Current last version of each stream in the batch that exists.
     pub versions: HashMap<String, u64>,
     /// Ids of the batch that are already stored.
@@ -80,8 +85,9 @@ pub(crate) struct Lookup {
 }
 
 /// One row of the combined lookup query both SQL backends run: `kind` 0 is the head position
-/// (in `a`), 1 a stream's current version (`stream`, `a`; `a` is NULL for a missing stream), 2 a
-/// stored id (`id`, `stream`, version in `a`, position in `b`).
+/// (in `a`) and its stored hash (in `stream`), 1 a stream's current version (`stream`, `a`; `a`
+/// is NULL for a missing stream), 2 a stored id (`id`, `stream`, version in `a`, position in
+/// `b`).
 pub(crate) type LookupRow = (i32, Option<String>, Option<i64>, Option<i64>, Option<Uuid>);
 
 impl Lookup {
@@ -90,7 +96,10 @@ impl Lookup {
         let mut lookup = Lookup::default();
         for (kind, stream, a, b, id) in rows {
             match (kind, stream, a, b, id) {
-                (0, _, Some(head), _, _) => lookup.head = head as u64,
+                (0, hash, Some(head), _, _) => {
+                    lookup.head = head as u64;
+                    lookup.head_hash = hash;
+                }
                 (1, Some(stream), Some(version), _, _) => {
                     lookup.versions.insert(stream, version as u64);
                 }
@@ -113,9 +122,14 @@ impl Lookup {
 /// lookup at all. It can be stale (another process appended); that is always caught: a stale entry
 /// makes the insert hit the `(stream, version)` unique constraint, or makes the plan refuse a
 /// request, and both send the batch down the authoritative path, which reads the database.
+///
+/// It also remembers the head of the hash chain this writer last committed (position and hash),
+/// which PostgreSQL's fast path plans from. That can be stale too: the insert is guarded by the
+/// real head (see `postgres.rs`), and inserts nothing when it differs.
 #[derive(Debug, Default)]
 pub struct VersionCache {
     versions: HashMap<String, u64>,
+    pub(crate) head: Option<Head>,
 }
 
 /// Entries kept before the cache starts over (it refills from appends and lookups).
@@ -184,31 +198,6 @@ pub(crate) type Answers = Vec<Result<AppendOutcome, AppendError>>;
 impl Path {
     /// The fast path first; the authoritative one when the fast path could not decide.
     pub(crate) const IN_ORDER: [Path; 2] = [Path::Fast, Path::Authoritative];
-}
-
-/// Shifts every position in the answers by `delta` (the fast path plans positions from 0 and
-/// learns the real head from the insert).
-pub(crate) fn shift_positions(results: &mut [Result<AppendOutcome, AppendError>], delta: u64) {
-    for outcome in results.iter_mut().flatten() {
-        outcome.position += delta;
-        for a in &mut outcome.streams {
-            a.position += delta;
-        }
-    }
-}
-
-/// A row to insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row<'a> {
-    pub position: u64,
-    pub id: Uuid,
-    pub stream: &'a str,
-    pub version: u64,
-    pub event_type: &'a str,
-    pub schema_version: u32,
-    pub recorded_at_us: i64,
-    pub metadata: &'a str,
-    pub payload: &'a str,
 }
 
 enum Decision {
@@ -461,6 +450,7 @@ mod tests {
     fn a_multi_stream_request_half_stored_is_refused_not_half_written() {
         let lookup = Lookup {
             head: 1,
+            head_hash: None,
             versions: [("a".to_string(), 0)].into(),
             existing: [(
                 Uuid::from_u128(1),
@@ -490,6 +480,7 @@ mod tests {
     fn reusing_some_stored_ids_with_new_ones_is_refused() {
         let lookup = Lookup {
             head: 1,
+            head_hash: None,
             versions: [("s".to_string(), 0)].into(),
             existing: [(
                 Uuid::from_u128(1),

@@ -4,12 +4,17 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use teachback::store::archive::{self, Filter, ImportError};
+use teachback::store::{ExpectedVersion, chain};
+use teachback_events::{Metadata, NewEvent};
 
 use crate::live_support::{TOPIC, Ws, learner};
-use crate::support::{TestApp, TestDb, spawn_app_on_pool};
+use crate::support::{TestApp, TestDb, spawn_app_on_pool, store_on};
 use crate::{on_both_backends, sqlite_only};
 
-on_both_backends!(import_refuses_a_store_with_events_and_bad_archives_and_writes_nothing);
+on_both_backends!(
+    import_refuses_a_store_with_events_and_bad_archives_and_writes_nothing,
+    import_refuses_a_filtered_or_altered_export_and_hashes_an_archive_without_hashes,
+);
 sqlite_only!(an_export_takes_what_its_filter_names);
 
 const SECRET: &str = "archive-test-signing-secret-0123456789abcdef";
@@ -129,6 +134,30 @@ async fn export_then_import_round_trips_byte_for_byte_between_backends() {
         .unwrap();
     assert!(export_all(&back.db).await == exported);
 
+    // Every line carries its hash, and the chain holds on each database, ending in the same head.
+    for line in lines_of(&exported)
+        .into_iter()
+        .filter(|l| l.get("learnerKey").is_none())
+    {
+        assert_eq!(line["hash"].as_str().unwrap().len(), 64, "{line}");
+    }
+    let mut heads = Vec::new();
+    for db in [&source.reconnect().await, &middle, &back.db] {
+        let report = teachback::audit::verify(db, &|_, _| {}).await.unwrap();
+        assert!(report.is_intact(), "{:?}", report.broken());
+        assert_eq!(report.events as usize, lines - keys);
+        heads.push(report.to_json()["head"].clone());
+    }
+    assert_eq!(
+        heads[0],
+        lines_of(&exported)
+            .iter()
+            .rfind(|l| l.get("learnerKey").is_none())
+            .map(|l| json!({"position": l["position"], "hash": l["hash"]}))
+            .unwrap()
+    );
+    assert!(heads.iter().all(|h| *h == heads[0]), "{heads:?}");
+
     // A server on the imported log rebuilds its read models from it: the same pages.
     let app = spawn_app_on_pool(middle.clone(), with_secret, None).await;
     caught_up(&app).await;
@@ -182,13 +211,40 @@ async fn import_refuses_a_store_with_events_and_bad_archives_and_writes_nothing(
             "a refused import wrote"
         );
     }
-    // A good one goes in, and its payload keeps its bytes (the space after the colon too).
+    // A good one goes in, and its payload keeps its bytes (the space after the colon too). It
+    // has no hash (an archive from before the chain): the import computes it, over the stored
+    // columns as `chain.rs` documents.
     let mut archive_text = good.to_vec();
     archive_text.push(b'\n');
     archive::import(&db.db, &mut archive_text.as_slice(), &|_| {})
         .await
         .unwrap();
-    assert_eq!(export_all(&db.db).await, archive_text);
+    let hash = chain::event_hash(
+        &chain::GENESIS,
+        &chain::Row {
+            position: 1,
+            id: "01939d4e-7a2b-7c3d-8e4f-5a6b7c8d9e0f".parse().unwrap(),
+            stream: "user-01939d4e-7a2b-7c3d-8e4f-5a6b7c8d9e0f",
+            version: 0,
+            event_type: "DeviceRegistered",
+            schema_version: 1,
+            recorded_at_us: "2026-12-01T10:00:00.123456Z"
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .as_microsecond(),
+            metadata: "{}",
+            payload: r#"{"a": 1}"#,
+        },
+    );
+    let with_hash = format!(
+        "{},\"hash\":\"{}\"}}\n",
+        String::from_utf8_lossy(&good[..good.len() - 1]),
+        chain::to_hex(&hash)
+    );
+    assert_eq!(
+        String::from_utf8(export_all(&db.db).await).unwrap(),
+        with_hash
+    );
     // Importing again into the now non-empty store is refused.
     let refused = archive::import(&db.db, &mut archive_text.as_slice(), &|_| {})
         .await
@@ -249,4 +305,124 @@ fn lines_of(bytes: &[u8]) -> Vec<Value> {
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect()
+}
+
+/// The archive's lines without their `"hash"` field, as an export written before the chain.
+fn without_hashes(archive_text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in String::from_utf8(archive_text.to_vec()).unwrap().lines() {
+        let at = line.rfind(",\"hash\":").expect("a line with a hash");
+        out.extend_from_slice(&line.as_bytes()[..at]);
+        out.extend_from_slice(b"}\n");
+    }
+    out
+}
+
+async fn import_refuses_a_filtered_or_altered_export_and_hashes_an_archive_without_hashes(
+    db: &TestDb,
+) {
+    let source = TestDb::sqlite().await;
+    let store = store_on(source.db.clone()).await;
+    for (n, stream) in ["a", "b", "a", "b", "b"].into_iter().enumerate() {
+        let event = NewEvent {
+            id: uuid::Uuid::now_v7(),
+            event_type: "TestHappened".into(),
+            schema_version: 1,
+            payload: json!({ "n": n, "text": "héllo" }),
+            metadata: Metadata::default(),
+        };
+        store
+            .append_to_stream(stream, ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+    }
+    let whole = export_all(&source.db).await;
+    let refused_at = async |archive_text: &[u8]| {
+        let refused = archive::import(&db.db, &mut &archive_text[..], &|_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            export_all(&db.db).await.is_empty(),
+            "a refused import wrote"
+        );
+        refused
+    };
+
+    // A filtered export leaves events out: its first line does not follow from nothing.
+    let mut filtered = Vec::new();
+    let only_b = Filter {
+        stream_prefix: Some("b".into()),
+        ..Filter::default()
+    };
+    archive::export(&source.db, &only_b, &mut filtered, &|_| {})
+        .await
+        .unwrap();
+    let refused = refused_at(&filtered).await;
+    assert!(
+        matches!(
+            refused,
+            ImportError::ChainBroken {
+                line: 1,
+                position: 2
+            }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("filtered export"), "{refused}");
+
+    // One changed byte of a payload, or of a hash, refuses the archive at that line.
+    let text = String::from_utf8(whole.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let altered = |line: usize, from: &str, to: &str| -> Vec<u8> {
+        let mut out = String::new();
+        for (i, l) in lines.iter().enumerate() {
+            out.push_str(&if i + 1 == line {
+                l.replacen(from, to, 1)
+            } else {
+                (*l).to_owned()
+            });
+            out.push('\n');
+        }
+        assert_ne!(out, text);
+        out.into_bytes()
+    };
+    let refused = refused_at(&altered(3, "\"n\":2", "\"n\":3")).await;
+    assert!(
+        matches!(
+            refused,
+            ImportError::ChainBroken {
+                line: 3,
+                position: 3
+            }
+        ),
+        "{refused}"
+    );
+    let hash_of_4 = lines_of(&whole)[3]["hash"].as_str().unwrap().to_owned();
+    let mut other_hash = hash_of_4.clone().into_bytes();
+    other_hash[0] = if other_hash[0] == b'0' { b'1' } else { b'0' };
+    let refused = refused_at(&altered(
+        4,
+        &hash_of_4,
+        std::str::from_utf8(&other_hash).unwrap(),
+    ))
+    .await;
+    assert!(
+        matches!(
+            refused,
+            ImportError::ChainBroken {
+                line: 4,
+                position: 4
+            }
+        ),
+        "{refused}"
+    );
+
+    // An archive from before the chain imports, and gets exactly the hashes the writer gave.
+    let old = without_hashes(&whole);
+    assert!(!String::from_utf8_lossy(&old).contains("hash"));
+    archive::import(&db.db, &mut old.as_slice(), &|_| {})
+        .await
+        .unwrap();
+    assert!(export_all(&db.db).await == whole);
+    source.cleanup().await;
 }

@@ -11,6 +11,7 @@ mod audit;
 mod authz;
 #[cfg(feature = "s3")]
 mod blob_s3;
+mod chain;
 mod crash;
 mod erasure;
 mod error_reporting;
