@@ -11,7 +11,7 @@ use crate::analytics::Prices;
 use crate::auth::{self, Keys};
 use crate::blob::{self, BlobStore};
 use crate::catalog;
-use crate::config::Config;
+use crate::config::{Config, EventStoreKind};
 use crate::db::{ConnectOptions, Db};
 use crate::erasure::EraseError;
 use crate::http::{self, AppState};
@@ -34,8 +34,37 @@ use crate::provider::llm::{ChatModel, LlmConfig, OpenAiChat};
 use crate::provider::stt::{OpenAiStt, SpeechToText, SttConfig};
 use crate::provider::{Breaker, RetryPolicy, Timeouts};
 use crate::rankings::Rankings;
-use crate::store::{EventStore, SqlBackend, StoreError};
+use crate::store::{Backend, EventStore, SqlBackend, StoreError};
 use teachback_projections::notify::{Cron, Kind};
+
+/// The event store's backend the configuration selects (`TEACHBACK_EVENT_STORE`), for the
+/// server and the CLI alike. Either way learners' keys live in `db`.
+pub fn event_backend(config: &Config, db: &Db) -> anyhow::Result<Arc<dyn Backend>> {
+    match config.event_store {
+        EventStoreKind::Sql => Ok(Arc::new(SqlBackend::new(db.clone()))),
+        EventStoreKind::KurrentDb => kurrent_backend(config, db),
+    }
+}
+
+#[cfg(feature = "kurrentdb")]
+fn kurrent_backend(config: &Config, db: &Db) -> anyhow::Result<Arc<dyn Backend>> {
+    use secrecy::ExposeSecret;
+    let url = config.kurrentdb_url.as_ref().context(
+        "TEACHBACK_EVENT_STORE=kurrentdb needs TEACHBACK_KURRENTDB_URL \
+         (for example kurrentdb://127.0.0.1:2113?tls=false)",
+    )?;
+    let backend = crate::store::KurrentBackend::connect(url.expose_secret(), db.clone())
+        .context("TEACHBACK_KURRENTDB_URL")?;
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+fn kurrent_backend(_: &Config, _: &Db) -> anyhow::Result<Arc<dyn Backend>> {
+    anyhow::bail!(
+        "TEACHBACK_EVENT_STORE=kurrentdb, but this binary was built without the `kurrentdb` \
+         cargo feature; build it with `cargo build --release --features kurrentdb`"
+    )
+}
 
 /// A built application, ready to serve.
 pub struct App {
@@ -99,12 +128,9 @@ impl App {
         create_data_dir(&config.data_dir)?;
         crate::metrics::recorder();
         db.migrate().await?;
-        let store = EventStore::start(
-            Arc::new(SqlBackend::new(db.clone())),
-            config.poll_interval(),
-        )
-        .await
-        .context("starting the event store")?;
+        let store = EventStore::start(event_backend(config, &db)?, config.poll_interval())
+            .await
+            .context("starting the event store")?;
         // Lecture audio is sealed with its learner's key, like their personal fields in the log.
         let blobs = match store.vault() {
             Some(vault) => crate::vault::SealedBlobs::wrap(blobs, vault.clone()),

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +15,7 @@ use crate::live::hub::Hub;
 use crate::live::protocol::ServerMessage;
 use crate::pipeline::Pipeline;
 use crate::provider::fake::{FakeOpenAi, FakeOptions};
-use crate::store::{EventStore, SqlBackend, SubscriptionMessage};
+use crate::store::{EventStore, SubscriptionMessage};
 
 #[derive(Parser, Debug)]
 #[command(name = "teachback", version, about = "TeachBack: learn by teaching")]
@@ -220,7 +219,9 @@ pub enum AudioCommand {
 pub enum EventsCommand {
     /// Print events as JSON lines, in global order.
     Tail {
-        /// Start at this position (inclusive). Default: the beginning of the log.
+        /// Start at this position (inclusive). Default: the beginning of the log. With KurrentDB,
+        /// whose positions are byte offsets, it must be an event's position (or 0), and printing
+        /// starts after that event.
         #[arg(long, default_value_t = 0)]
         from: u64,
         /// Keep printing new events as they are committed.
@@ -234,6 +235,8 @@ pub enum EventsCommand {
 
 /// Runs the CLI: parses arguments, sets up logging, dispatches.
 pub async fn main() -> anyhow::Result<()> {
+    // Before anything sets up TLS (a no-op without the `kurrentdb` feature).
+    crate::store::install_crypto_provider();
     let cli = Cli::parse();
     let reporting = crate::error_reporting::init(&cli.config)?;
     init_tracing(&cli.config, &reporting);
@@ -326,11 +329,9 @@ async fn open_log(config: &Config) -> anyhow::Result<(Db, EventStore)> {
     db.ping_log()
         .await
         .context("no event log here: start the server once, or check TEACHBACK_DATABASE_URL")?;
-    let store = EventStore::start(
-        Arc::new(SqlBackend::new(db.clone())),
-        config.poll_interval(),
-    )
-    .await?;
+    let store = EventStore::start(app::event_backend(config, &db)?, config.poll_interval())
+        .await
+        .context("starting the event store")?;
     Ok((db, store))
 }
 
@@ -340,7 +341,7 @@ async fn projections(config: &Config, command: ProjectionsCommand) -> anyhow::Re
     match command {
         ProjectionsCommand::Status { json } => {
             let list: Vec<_> = all.iter().map(|p| &**p).collect();
-            let (head, standings) = crate::projection::ops::status(&db, &list).await?;
+            let (head, standings) = crate::projection::ops::status(&db, &store, &list).await?;
             if json {
                 println!(
                     "{}",
@@ -693,6 +694,7 @@ async fn export(
     out: Option<std::path::PathBuf>,
     json: bool,
 ) -> anyhow::Result<()> {
+    sql_log_only(config, "export")?;
     let db = Db::connect(&config.database_url(), &ConnectOptions::default()).await?;
     db.ping_log()
         .await
@@ -718,7 +720,20 @@ async fn export(
     Ok(())
 }
 
+/// `export` and `import` read and write the SQL `events` table directly (one transaction, the
+/// stored bytes); a KurrentDB log is backed up and moved with KurrentDB's own tools.
+fn sql_log_only(config: &Config, command: &str) -> anyhow::Result<()> {
+    if config.event_store != crate::config::EventStoreKind::Sql {
+        anyhow::bail!(
+            "`teachback {command}` works on the SQL event log; with \
+             TEACHBACK_EVENT_STORE=kurrentdb back up and restore KurrentDB with its own tools"
+        );
+    }
+    Ok(())
+}
+
 async fn import(config: &Config, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    sql_log_only(config, "import")?;
     if config.database_url.is_none() {
         crate::app::create_data_dir(&config.data_dir)?;
     }
@@ -843,8 +858,14 @@ async fn tail(
 ) -> anyhow::Result<()> {
     // Read-only. A database the server never opened has no log to show.
     let (_, store) = open_log(config).await?;
-    // `--from` is inclusive; subscriptions start *after* a position.
-    let mut events = pin!(store.subscribe_all(from.saturating_sub(1), prefix));
+    // `--from` is inclusive; subscriptions start *after* a position. KurrentDB reads only from
+    // an event's own position (`POS - 1` is the middle of a record there), so it starts after.
+    let after = if store.dense_positions() {
+        from.saturating_sub(1)
+    } else {
+        from
+    };
+    let mut events = pin!(store.subscribe_all(after, prefix));
     let stdout = std::io::stdout();
     while let Some(message) = events.next().await {
         match message? {

@@ -27,6 +27,17 @@ pub struct Config {
     #[arg(long, env = "TEACHBACK_DATABASE_URL", value_parser = secret, hide_env_values = true)]
     pub database_url: Option<SecretString>,
 
+    /// Where the event log lives: `sql` (the database of TEACHBACK_DATABASE_URL) or `kurrentdb`
+    /// (TEACHBACK_KURRENTDB_URL; needs the `kurrentdb` cargo feature). Learners' keys, the read
+    /// models and the projection checkpoints stay in the SQL database either way.
+    #[arg(long, env = "TEACHBACK_EVENT_STORE", default_value = "sql")]
+    pub event_store: EventStoreKind,
+
+    /// KurrentDB connection string (`kurrentdb://host:2113?tls=false`, `esdb://…`,
+    /// `kurrentdb+discover://…` for a cluster), used when TEACHBACK_EVENT_STORE is `kurrentdb`.
+    #[arg(long, env = "TEACHBACK_KURRENTDB_URL", value_parser = secret, hide_env_values = true)]
+    pub kurrentdb_url: Option<SecretString>,
+
     /// Most connections in the database pool.
     #[arg(long, env = "TEACHBACK_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -320,6 +331,16 @@ pub struct Config {
     /// The environment reported to Sentry (`production`, `staging`, …).
     #[arg(long, env = "SENTRY_ENVIRONMENT")]
     pub sentry_environment: Option<String>,
+}
+
+/// Which event store holds the log.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStoreKind {
+    /// The SQL database (SQLite or PostgreSQL, by TEACHBACK_DATABASE_URL).
+    Sql,
+    /// KurrentDB (TEACHBACK_KURRENTDB_URL).
+    #[value(name = "kurrentdb")]
+    KurrentDb,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,12 @@
 //! (or registration) appends to the learner's stream and to the reservation streams in one atomic
 //! multi-stream append, each with an expected version. Of two learners racing for one name,
 //! exactly one append succeeds; a crash can never leave a name claimed but unused.
+//!
+//! On KurrentDB the append is not atomic (see `store/kurrent.rs`): its parts are written in
+//! request order, so the claim comes first, then the learner's stream, then the release of the
+//! old name. Whatever a failure part-way leaves, no name has two owners: a registration can
+//! leave an unused default name claimed, and a rename can leave the new name claimed by the
+//! learner, which the retry (or their next rename to it) takes as already theirs.
 
 use rand::Rng;
 use teachback_events::{
@@ -130,17 +136,18 @@ pub async fn register_device(
             user_id,
             name: name.clone(),
         });
+        // The claim first: see the module docs.
         let result = store
             .append(vec![
-                StreamAppend::new(
-                    streams::user(user_id),
-                    ExpectedVersion::NoStream,
-                    vec![NewEvent::from_event(&registered, metadata.clone())],
-                ),
                 StreamAppend::new(
                     reservation_stream(&name_key(&name)),
                     ExpectedVersion::NoStream,
                     vec![NewEvent::from_event(&claimed, metadata.clone())],
+                ),
+                StreamAppend::new(
+                    streams::user(user_id),
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::from_event(&registered, metadata.clone())],
                 ),
             ])
             .await;
@@ -243,30 +250,42 @@ pub async fn rename(
             name: name.clone(),
             previous_name: user.name.clone(),
         });
-        let mut parts = vec![StreamAppend::new(
-            streams::user(user_id),
-            ExpectedVersion::Exact(user.version),
-            vec![NewEvent::from_event(&renamed, metadata.clone())],
-        )];
+        // The claim (if any) first, then the learner's stream, then the release: see the
+        // module docs.
+        let mut parts = Vec::with_capacity(3);
         if old_key != new_key {
             // Claim the new key: free if it never existed or its last event is a release.
             let new_stream = reservation_stream(&new_key);
             let expected = match store.last_event(&new_stream).await? {
-                None => ExpectedVersion::NoStream,
+                None => Some(ExpectedVersion::NoStream),
                 Some(last) => match last.decode() {
-                    Ok(Event::UsernameReleased(_)) => ExpectedVersion::Exact(last.stream_version),
+                    Ok(Event::UsernameReleased(_)) => {
+                        Some(ExpectedVersion::Exact(last.stream_version))
+                    }
+                    // Already ours: a rename that stopped part-way on a store whose multi-stream
+                    // appends are not atomic claimed it and went no further.
+                    Ok(Event::UsernameClaimed(c)) if c.user_id == user_id => None,
                     _ => return Err(RenameError::Taken(name)),
                 },
             };
-            let claimed = Event::UsernameClaimed(UsernameClaimed {
-                user_id,
-                name: name.clone(),
-            });
-            parts.push(StreamAppend::new(
-                new_stream,
-                expected,
-                vec![NewEvent::from_event(&claimed, metadata.clone())],
-            ));
+            if let Some(expected) = expected {
+                let claimed = Event::UsernameClaimed(UsernameClaimed {
+                    user_id,
+                    name: name.clone(),
+                });
+                parts.push(StreamAppend::new(
+                    new_stream,
+                    expected,
+                    vec![NewEvent::from_event(&claimed, metadata.clone())],
+                ));
+            }
+        }
+        parts.push(StreamAppend::new(
+            streams::user(user_id),
+            ExpectedVersion::Exact(user.version),
+            vec![NewEvent::from_event(&renamed, metadata.clone())],
+        ));
+        if old_key != new_key {
             // Release the old key so someone else may take it, if the claim there is ours
             // (never release someone else's claim, whatever the key function computes today).
             let old_stream = reservation_stream(&old_key);

@@ -49,6 +49,16 @@ pub enum VaultError {
     Db(#[from] sqlx::Error),
     #[error("lecture {0} has no start event, so whose data it holds is unknown")]
     UnknownLecture(Uuid),
+    #[error("event log: {0}")]
+    Log(String),
+}
+
+/// Reads a stream's first event from an event log kept outside the SQL database (KurrentDB).
+/// The vault reads one thing from the log: a lecture's start event, which names its learner.
+#[async_trait]
+pub trait FirstEvents: Send + Sync + 'static {
+    /// The payload (JSON text) of the stream's first event; `None` if the stream does not exist.
+    async fn first_payload(&self, stream: &str) -> Result<Option<String>, VaultError>;
 }
 
 #[derive(Clone)]
@@ -63,6 +73,8 @@ pub struct Vault {
     keys: DashMap<Uuid, (KeyState, Instant)>,
     /// Lecture → its learner (a lecture's owner never changes).
     owners: DashMap<Uuid, Uuid>,
+    /// Where lectures' start events are read when the log is not the SQL `events` table.
+    log: Option<Arc<dyn FirstEvents>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -74,11 +86,21 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
+    /// A keyring in `db`, whose `events` table is the log.
     pub fn new(db: Db) -> Self {
         Self {
             db,
             keys: DashMap::new(),
             owners: DashMap::new(),
+            log: None,
+        }
+    }
+
+    /// A keyring in `db` for an event log kept elsewhere (`log`).
+    pub fn with_log(db: Db, log: Arc<dyn FirstEvents>) -> Self {
+        Self {
+            log: Some(log),
+            ..Self::new(db)
         }
     }
 
@@ -180,14 +202,18 @@ impl Vault {
         if let Some(owner) = self.owners.get(&lecture) {
             return Ok(*owner);
         }
-        let payload: Option<String> = with_pool!(&self.db, pool => {
-            sqlx::query_scalar(
-                "SELECT payload FROM events WHERE stream = $1 AND version = 0",
-            )
-            .bind(streams::lecture(lecture))
-            .fetch_optional(pool)
-            .await?
-        });
+        let stream = streams::lecture(lecture);
+        let payload: Option<String> = match &self.log {
+            Some(log) => log.first_payload(&stream).await?,
+            None => with_pool!(&self.db, pool => {
+                sqlx::query_scalar(
+                    "SELECT payload FROM events WHERE stream = $1 AND version = 0",
+                )
+                .bind(&stream)
+                .fetch_optional(pool)
+                .await?
+            }),
+        };
         let owner = payload
             .and_then(|p| serde_json::from_str::<Value>(&p).ok())
             .and_then(|v| uuid_field(&v, "userId"))

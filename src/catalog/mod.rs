@@ -36,16 +36,33 @@ pub fn content_id(topic: &TopicPublished) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// Publishes topics; those already published with the same content are skipped by the log's
-/// idempotency. Returns the highest position involved.
+/// Publishes topics; those already published with the same content are skipped (content ids
+/// already in the catalogue stream are not appended again). Returns the highest position
+/// involved.
 pub async fn publish(store: &EventStore, topics: Vec<TopicPublished>) -> Result<u64, AppendError> {
-    let appends = topics.into_iter().map(|topic| {
+    // Looked up here rather than left to the log's idempotency alone: KurrentDB recognises a
+    // re-appended id under `Any` only within its idempotency window, and this runs at every
+    // start.
+    let stored: std::collections::HashMap<Uuid, u64> = store
+        .read_stream_all(streams::CATALOG)
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e.position))
+        .collect();
+    let mut top = 0;
+    let mut missing = Vec::new();
+    for topic in topics {
         let id = content_id(&topic);
+        match stored.get(&id) {
+            Some(position) => top = top.max(*position),
+            None => missing.push((id, topic)),
+        }
+    }
+    let appends = missing.into_iter().map(|(id, topic)| {
         let event = NewEvent::with_id(id, &Event::TopicPublished(topic), Metadata::default());
         // One append per topic: an unchanged topic is a no-op even when others changed.
         store.append_to_stream(streams::CATALOG, ExpectedVersion::Any, vec![event])
     });
-    let mut top = 0;
     for result in futures::future::join_all(appends).await {
         top = top.max(result?.position);
     }

@@ -95,7 +95,7 @@ pub async fn projections(
     State(state): State<AppState>,
 ) -> Result<Json<ProjectionsResponse>> {
     let projectors = state.projectors.iter().map(|p| &**p).collect::<Vec<_>>();
-    let (head, standings) = ops::status(&state.db, &projectors).await?;
+    let (head, standings) = ops::status(&state.db, &state.store, &projectors).await?;
     let projections = standings
         .into_iter()
         .map(|standing| {

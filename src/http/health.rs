@@ -25,7 +25,20 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let mut projections = Vec::new();
     for p in state.projections() {
         let position = p.position();
-        let lag = head.saturating_sub(position);
+        // Counted in events on every backend: KurrentDB's positions are byte offsets, so there
+        // the events past the projection are read (at most one more than the limit).
+        let lag = match state
+            .store
+            .lag_after(position, head, state.ready_max_lag.saturating_add(1))
+            .await
+        {
+            Ok((lag, _)) => lag,
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: event store unreachable");
+                problems.push("event store unreachable".to_owned());
+                0
+            }
+        };
         if lag > state.ready_max_lag {
             problems.push(format!("projection {} is {lag} events behind", p.name));
         }

@@ -10,6 +10,8 @@ use super::AppState;
 /// The OpenAPI document, kept beside the handlers it describes.
 pub const OPENAPI: &str = include_str!("openapi.json");
 const DOCS_PAGE: &str = include_str!("docs.html");
+/// Most events counted for a projection's lag where positions are not dense.
+const LAG_COUNT_CAP: u64 = 10_000;
 
 /// `GET /metrics`. Gauges that are cheap to read are refreshed on every scrape.
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -19,8 +21,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         let name = projection.name.to_string();
         metrics::gauge!("teachback_projection_position", "projection" => name.clone())
             .set(position as f64);
-        metrics::gauge!("teachback_projection_lag_events", "projection" => name.clone())
-            .set(head.saturating_sub(position) as f64);
+        // A subtraction on the SQL log; on KurrentDB (byte-offset positions) the events past
+        // the projection are counted, up to a cap, and only while it is behind.
+        if let Ok((lag, _)) = state.store.lag_after(position, head, LAG_COUNT_CAP).await {
+            metrics::gauge!("teachback_projection_lag_events", "projection" => name.clone())
+                .set(lag as f64);
+        }
         metrics::gauge!("teachback_projection_failing", "projection" => name)
             .set(f64::from(u8::from(projection.error().is_some())));
     }

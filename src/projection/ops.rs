@@ -364,11 +364,32 @@ pub struct Standing {
     pub lag_seconds: f64,
 }
 
+/// Most events counted for a projection's lag where positions are not dense.
+const STATUS_LAG_CAP: u64 = 1_000_000;
+
 /// Where every projection is, against the log's head.
 pub async fn status(
     db: &Db,
+    store: &EventStore,
     projectors: &[&dyn Projector],
 ) -> anyhow::Result<(u64, Vec<Standing>)> {
+    if !store.dense_positions() {
+        // The log is not the SQL `events` table (KurrentDB): ask the store, which counts the
+        // events after each checkpoint (up to a cap).
+        let head = store.head().await?;
+        let mut out = Vec::new();
+        for projector in projectors {
+            let position = super::load_checkpoint(db, projector.name()).await?;
+            let (lag, lag_seconds) = store.lag_after(position, head, STATUS_LAG_CAP).await?;
+            out.push(Standing {
+                name: projector.name().to_owned(),
+                position,
+                lag,
+                lag_seconds,
+            });
+        }
+        return Ok((head, out));
+    }
     let head: Option<i64> = with_pool!(db, pool => {
         sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(pool)

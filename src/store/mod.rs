@@ -1,12 +1,14 @@
 //! The event store: append with optimistic concurrency, read streams and the global log, and
 //! subscribe to everything that commits.
 //!
-//! One [`EventStore`] handle fronts a [`Backend`] (SQLite or PostgreSQL, and KurrentDB later).
-//! Appends do not go to the database one by one: they queue for a single writer task that takes
-//! everything waiting, checks every request against the stream versions in one transaction, and
-//! commits them together: one transaction, one fsync (group commit). An append returns only
-//! after that transaction is durable. A request whose check fails is answered with its own error;
-//! the others in the batch still commit.
+//! One [`EventStore`] handle fronts a [`Backend`]: SQLite or PostgreSQL ([`SqlBackend`]), or
+//! KurrentDB (`KurrentBackend`, cargo feature `kurrentdb`; see `kurrent.rs` for what it can and
+//! cannot promise). Appends do not go to the database one by one: they queue for a single
+//! writer task that takes everything waiting, checks every request against the stream versions
+//! in one transaction, and commits them together: one transaction, one fsync (group commit). An
+//! append returns only after that transaction is durable. A request whose check fails is
+//! answered with its own error; the others in the batch still commit. (KurrentDB has no
+//! transaction over several appends: there each request of a batch is appended on its own.)
 //!
 //! Positions are opaque ordered `u64`s. Readers ask for events *after* a position and never
 //! assume positions are dense.
@@ -17,14 +19,26 @@
 pub mod archive;
 pub(crate) mod backfill;
 pub mod chain;
+#[cfg(feature = "kurrentdb")]
+mod kurrent;
 mod plan;
 mod postgres;
 mod row;
 mod sql;
 mod sqlite;
 
+#[cfg(feature = "kurrentdb")]
+pub use kurrent::KurrentBackend;
 pub use row::{STORED_COLUMNS, StoredEvent};
 pub use sql::SqlBackend;
+
+/// Installs the process-wide TLS crypto provider the KurrentDB client needs (see
+/// `kurrent::install_crypto_provider`); does nothing in a build without the `kurrentdb` feature.
+/// Call it first thing, before anything sets up TLS.
+pub fn install_crypto_provider() {
+    #[cfg(feature = "kurrentdb")]
+    kurrent::install_crypto_provider();
+}
 
 use std::collections::HashSet;
 use std::fmt;
@@ -77,6 +91,11 @@ impl fmt::Display for ExpectedVersion {
 }
 
 /// Events for one stream, with the version the caller expects that stream to be at.
+///
+/// In a request over several streams, put the part most likely to be refused (a reservation)
+/// first and the parts whose loss is harmless last: a backend that cannot append to several
+/// streams atomically (KurrentDB) checks every part, then writes them in request order and
+/// stops at the first refusal, so a race can leave the first parts written.
 #[derive(Debug, Clone)]
 pub struct StreamAppend {
     pub stream: String,
@@ -130,6 +149,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("learner keys: {0}")]
     Keys(String),
+    /// A backend other than the SQL one failed (KurrentDB: connection, timeout, server error).
+    #[error("event store: {0}")]
+    Backend(String),
 }
 
 impl From<crate::vault::VaultError> for StoreError {
@@ -245,6 +267,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The highest committed position (0 for an empty log).
     async fn head(&self) -> Result<u64, StoreError>;
+
+    /// Whether the log's positions count its events (1, 2, 3, …), so that a difference of two
+    /// positions is a number of events. KurrentDB's (byte offsets) do not.
+    fn dense_positions(&self) -> bool {
+        true
+    }
 
     /// The keyring sealing learners' personal fields in this backend's events, if it has one.
     fn vault(&self) -> Option<Arc<crate::vault::Vault>> {
@@ -481,6 +509,46 @@ impl EventStore {
     /// The highest committed position, read from the database.
     pub async fn head(&self) -> Result<u64, StoreError> {
         self.backend.head().await
+    }
+
+    /// Whether positions count events (see [`Backend::dense_positions`]).
+    pub fn dense_positions(&self) -> bool {
+        self.backend.dense_positions()
+    }
+
+    /// How far the log runs past `position` (up to `head`): the number of events after it and
+    /// the seconds between the first of them and the newest one counted. With dense positions
+    /// the count is a subtraction (exact, and the seconds are not computed: 0); otherwise the
+    /// events are read and counted, at most `cap` of them.
+    pub async fn lag_after(
+        &self,
+        position: u64,
+        head: u64,
+        cap: u64,
+    ) -> Result<(u64, f64), StoreError> {
+        if self.dense_positions() {
+            return Ok((head.saturating_sub(position), 0.0));
+        }
+        let (mut count, mut after) = (0u64, position);
+        let mut first_at = None;
+        let mut last_at = None;
+        while count < cap && after < head {
+            let want = (cap - count).min(SUBSCRIPTION_PAGE as u64) as usize;
+            let page = self.backend.read_all(after, want, None).await?;
+            let Some(last) = page.last() else { break };
+            first_at = first_at.or(page.first().map(|e| e.recorded_at));
+            last_at = Some(last.recorded_at);
+            after = last.position;
+            count += page.len() as u64;
+            if page.len() < want {
+                break;
+            }
+        }
+        let seconds = match (first_at, last_at) {
+            (Some(first), Some(last)) => last.duration_since(first).as_secs_f64().max(0.0),
+            _ => 0.0,
+        };
+        Ok((count, seconds))
     }
 
     /// A watch of the highest position this process has committed.

@@ -5,6 +5,10 @@
 //!
 //! The S3 blob store test (cargo feature `s3`) reads `TEACHBACK_TEST_S3_ENDPOINT` the same way;
 //! `.ci/run` starts moto's S3 server and sets it too.
+//!
+//! The store contract runs against KurrentDB (cargo feature `kurrentdb`) when
+//! `TEACHBACK_TEST_KURRENTDB_URL` names a server (`kurrentdb://127.0.0.1:2113?tls=false`);
+//! otherwise one line on stderr says why it is skipped.
 
 mod archive;
 mod audit;

@@ -807,6 +807,7 @@ async fn rebuilding_every_projection_yields_the_rows_the_live_runner_wrote(db: &
     .await;
     let (head, standings) = teachback::projection::ops::status(
         &app.state.db,
+        &app.state.store,
         &app.state
             .projectors
             .iter()

@@ -7,12 +7,31 @@ use std::time::Duration;
 use teachback::db::{ConnectOptions, Db};
 use teachback::store::{EventStore, SqlBackend};
 
-/// A fresh, migrated database of one dialect, removed when the test is done.
+/// A fresh, migrated database of one dialect, removed when the test is done; with KurrentDB,
+/// the SQL database keeps the learners' keys and the log lives in a namespace of its own on the
+/// KurrentDB server.
 pub struct TestDb {
     pub db: Db,
     pub url: String,
     pub options: ConnectOptions,
+    #[cfg(feature = "kurrentdb")]
+    kurrent: Option<KurrentLog>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Where a KurrentDB test's log is: the server, and the stream prefix this test owns.
+#[cfg(feature = "kurrentdb")]
+struct KurrentLog {
+    url: String,
+    namespace: String,
+}
+
+/// Says once on stderr (straight, so the test harness does not swallow it) why a suite is
+/// skipped.
+fn say_once(once: &'static Once, line: &str) {
+    once.call_once(|| {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    });
 }
 
 impl TestDb {
@@ -26,7 +45,40 @@ impl TestDb {
             db,
             url,
             options,
+            #[cfg(feature = "kurrentdb")]
+            kurrent: None,
             _dir: Some(dir),
+        }
+    }
+
+    /// A SQLite database for the keys and a KurrentDB namespace for the log; `None` (after
+    /// saying so once) when `TEACHBACK_TEST_KURRENTDB_URL` is unset or the `kurrentdb` feature
+    /// is off.
+    pub async fn kurrentdb() -> Option<TestDb> {
+        static SAID: Once = Once::new();
+        #[cfg(not(feature = "kurrentdb"))]
+        {
+            say_once(
+                &SAID,
+                "KurrentDB suite skipped: built without the kurrentdb feature",
+            );
+            None
+        }
+        #[cfg(feature = "kurrentdb")]
+        {
+            let Ok(url) = std::env::var("TEACHBACK_TEST_KURRENTDB_URL") else {
+                say_once(
+                    &SAID,
+                    "KurrentDB suite skipped: TEACHBACK_TEST_KURRENTDB_URL is not set",
+                );
+                return None;
+            };
+            let mut db = TestDb::sqlite().await;
+            db.kurrent = Some(KurrentLog {
+                url,
+                namespace: format!("t{}-", uuid::Uuid::now_v7().simple()),
+            });
+            Some(db)
         }
     }
 
@@ -34,13 +86,10 @@ impl TestDb {
     pub async fn postgres() -> Option<TestDb> {
         let Ok(url) = std::env::var("TEACHBACK_TEST_POSTGRES_URL") else {
             static SAID: Once = Once::new();
-            SAID.call_once(|| {
-                // Written straight to stderr so the test harness does not swallow it.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "PostgreSQL suite skipped: TEACHBACK_TEST_POSTGRES_URL is not set"
-                );
-            });
+            say_once(
+                &SAID,
+                "PostgreSQL suite skipped: TEACHBACK_TEST_POSTGRES_URL is not set",
+            );
             return None;
         };
         let options = ConnectOptions {
@@ -53,6 +102,8 @@ impl TestDb {
             db,
             url,
             options,
+            #[cfg(feature = "kurrentdb")]
+            kurrent: None,
             _dir: None,
         })
     }
@@ -63,7 +114,28 @@ impl TestDb {
     }
 
     pub async fn store(&self) -> EventStore {
-        store_on(self.db.clone()).await
+        self.store_with(self.db.clone()).await
+    }
+
+    /// A second store on the same log through connections of its own (another "process").
+    pub async fn another_store(&self) -> EventStore {
+        self.store_with(self.reconnect().await).await
+    }
+
+    async fn store_with(&self, db: Db) -> EventStore {
+        #[cfg(feature = "kurrentdb")]
+        if let Some(log) = &self.kurrent {
+            let backend = teachback::store::KurrentBackend::connect_with_namespace(
+                &log.url,
+                db,
+                &log.namespace,
+            )
+            .unwrap();
+            return EventStore::start(Arc::new(backend), Duration::from_millis(50))
+                .await
+                .unwrap();
+        }
+        store_on(db).await
     }
 
     /// Drops a PostgreSQL test schema. Call at the end of a passing test.
@@ -138,6 +210,25 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some(db) = $crate::support::TestDb::postgres().await else { return };
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+/// Defines each listed `async fn(&TestDb)` as a test against KurrentDB (the log) and SQLite
+/// (the keys), skipped unless the `kurrentdb` feature is on and `TEACHBACK_TEST_KURRENTDB_URL`
+/// names a server.
+#[macro_export]
+macro_rules! on_kurrentdb {
+    ($($name:ident),* $(,)?) => {
+        mod kurrentdb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::support::TestDb::kurrentdb().await else { return };
                     super::$name(&db).await;
                     db.cleanup().await;
                 }
