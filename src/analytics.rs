@@ -20,6 +20,15 @@ pub struct Prices {
     pub stt_per_minute: f64,
 }
 
+impl Prices {
+    /// What this usage costs, in US dollars.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64, audio_ms: u64) -> f64 {
+        prompt_tokens as f64 / 1e6 * self.prompt_per_mtok
+            + completion_tokens as f64 / 1e6 * self.completion_per_mtok
+            + audio_ms as f64 / 60_000.0 * self.stt_per_minute
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
@@ -471,9 +480,7 @@ fn usage(metrics: &[(String, i64)], prices: Prices) -> (Vec<ProviderRate>, Usage
             p
         })
         .collect();
-    let cost = prompt_tokens as f64 / 1e6 * prices.prompt_per_mtok
-        + completion_tokens as f64 / 1e6 * prices.completion_per_mtok
-        + stt_seconds as f64 / 60.0 * prices.stt_per_minute;
+    let cost = prices.cost(prompt_tokens, completion_tokens, stt_seconds * 1_000);
     let usage = Usage {
         lectures,
         prompt_tokens,

@@ -239,9 +239,9 @@ impl Quotas {
     pub async fn spend(&self) -> Result<Spend, sqlx::Error> {
         let day = self.today();
         let usage = day_total(&self.db, day).await?;
-        let usd = usage.prompt_tokens as f64 / 1e6 * self.prices.prompt_per_mtok
-            + usage.completion_tokens as f64 / 1e6 * self.prices.completion_per_mtok
-            + usage.audio_ms as f64 / 60_000.0 * self.prices.stt_per_minute;
+        let usd = self
+            .prices
+            .cost(usage.prompt_tokens, usage.completion_tokens, usage.audio_ms);
         let budget_usd = self.settings.daily_budget_usd;
         let guard_active = budget_usd.is_some_and(|b| usd >= b * self.settings.guard_at);
         metrics::gauge!("teachback_budget_spent_usd").set(usd);

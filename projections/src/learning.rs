@@ -33,13 +33,7 @@ pub const TREND_LEN: usize = 20;
 /// The projection's checkpoint name: base, version and time zone (days depend on it). A zone
 /// with no IANA name is named by its fixed offset.
 pub fn name(tz: &TimeZone) -> String {
-    let zone = match tz.iana_name() {
-        Some(name) => name.to_owned(),
-        None => tz
-            .to_fixed_offset()
-            .map_or_else(|_| "custom".to_owned(), |o| o.to_string()),
-    };
-    format!("{BASE}.v{VERSION}@{zone}")
+    format!("{BASE}.v{VERSION}@{}", crate::zone_label(tz))
 }
 
 /// The calendar day of `at` in `tz`.

@@ -23,6 +23,16 @@ pub mod users;
 
 use teachback_events::{DecodeError, Event, EventKind, RecordedEvent};
 
+/// A zone's name in a projection's checkpoint name: its IANA name, or its fixed offset.
+pub fn zone_label(tz: &jiff::tz::TimeZone) -> String {
+    match tz.iana_name() {
+        Some(name) => name.to_owned(),
+        None => tz
+            .to_fixed_offset()
+            .map_or_else(|_| "custom".to_owned(), |o| o.to_string()),
+    }
+}
+
 /// Decodes an event if this build knows its type. Types a projection has never heard of (written
 /// by a newer build) are skipped; a known type that fails to decode is an error, because
 /// silently skipping it would make the read model wrong.

@@ -29,13 +29,7 @@ pub const VERSION: u32 = 1;
 
 /// The checkpoint name: base, version and time zone (days depend on it).
 pub fn name(tz: &TimeZone) -> String {
-    let zone = match tz.iana_name() {
-        Some(name) => name.to_owned(),
-        None => tz
-            .to_fixed_offset()
-            .map_or_else(|_| "custom".to_owned(), |o| o.to_string()),
-    };
-    format!("{BASE}.v{VERSION}@{zone}")
+    format!("{BASE}.v{VERSION}@{}", crate::zone_label(tz))
 }
 
 /// The byte rate at which container audio of unknown length is counted (32 kbit/s).

@@ -39,23 +39,11 @@ async fn some_history(app: &TestApp) -> Vec<String> {
         .unwrap();
     assert_eq!(renamed.status(), 200);
     for token in &tokens {
-        let created = app
-            .post_json(
-                "/api/v1/lectures",
-                token,
-                Some(json!({"topicId": TOPIC, "text": "TCP retransmits lost segments; UDP sends datagrams and forgets them.", "language": "en"})),
-            )
-            .await;
-        let id = created["lectureId"].as_str().unwrap().to_owned();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while app
-            .get_json(&format!("/api/v1/lectures/{id}"), Some(token))
-            .await["processing"]
-            != "graded"
-        {
-            assert!(tokio::time::Instant::now() < deadline, "not graded");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        app.graded_text_lecture(
+            token,
+            "TCP retransmits lost segments; UDP sends datagrams and forgets them.",
+        )
+        .await;
     }
     let mut ws = Ws::connect(app, &tokens[1]).await;
     ws.start_pcm(TOPIC).await;

@@ -5,34 +5,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use teachback_events::RecordedEvent;
 
-use crate::live_support::{TOPIC, learner};
+use crate::live_support::learner;
 use crate::on_both_backends;
-use crate::support::{TestApp, TestDb, spawn_app_with};
+use crate::support::{TestDb, spawn_app_with};
 
 on_both_backends!(a_learners_trail_holds_their_events_and_what_was_done_to_their_data_only);
 
+const TEXT: &str = "TCP retransmits lost segments; UDP does not.";
 const ADMIN: &str = "audit-test-admin-token-0123456789";
-
-async fn graded_text_lecture(app: &TestApp, token: &str) -> String {
-    let created = app
-        .post_json(
-            "/api/v1/lectures",
-            token,
-            Some(json!({"topicId": TOPIC, "text": "TCP retransmits lost segments; UDP does not.", "language": "en"})),
-        )
-        .await;
-    let id = created["lectureId"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app
-        .get_json(&format!("/api/v1/lectures/{id}"), Some(token))
-        .await["processing"]
-        != "graded"
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    id
-}
 
 async fn a_learners_trail_holds_their_events_and_what_was_done_to_their_data_only(db: &TestDb) {
     let app = spawn_app_with(db, |c| c.admin_token = Some(ADMIN.to_owned().into())).await;
@@ -52,8 +32,8 @@ async fn a_learners_trail_holds_their_events_and_what_was_done_to_their_data_onl
         .await
         .unwrap();
     assert_eq!(renamed.status(), 200);
-    let lecture = graded_text_lecture(&app, &ana).await;
-    let other = graded_text_lecture(&app, &ben).await;
+    let lecture = app.graded_text_lecture(&ana, TEXT).await;
+    let other = app.graded_text_lecture(&ben, TEXT).await;
     // Done to Ana's data by someone else: an admin re-grade.
     let regraded = app
         .http

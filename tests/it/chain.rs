@@ -12,9 +12,9 @@ use teachback::with_pool;
 use teachback_events::{Metadata, NewEvent};
 use uuid::Uuid;
 
-use crate::live_support::{TOPIC, learner};
+use crate::live_support::learner;
 use crate::process::{free_port, signal, start_with, teachback};
-use crate::support::{TestApp, TestDb, spawn_app_on_pool, store_on};
+use crate::support::{TestDb, spawn_app_on_pool, store_on};
 use crate::{on_both_backends, sqlite_only};
 
 on_both_backends!(
@@ -44,26 +44,6 @@ fn event(n: usize) -> NewEvent {
     }
 }
 
-async fn graded_text_lecture(app: &TestApp, token: &str) {
-    let created = app
-        .post_json(
-            "/api/v1/lectures",
-            token,
-            Some(json!({"topicId": TOPIC, "text": "TCP retransmits lost segments; UDP does not.", "language": "en"})),
-        )
-        .await;
-    let id = created["lectureId"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app
-        .get_json(&format!("/api/v1/lectures/{id}"), Some(token))
-        .await["processing"]
-        != "graded"
-    {
-        assert!(tokio::time::Instant::now() < deadline, "not graded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A realistic log written by the server (the catalogue, learners, a rename, a graded text
 /// lecture), after which the server is stopped so nothing else is appended.
 async fn realistic_log(db: &TestDb) {
@@ -78,7 +58,8 @@ async fn realistic_log(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(renamed.status(), 200);
-    graded_text_lecture(&app, &ana).await;
+    app.graded_text_lecture(&ana, "TCP retransmits lost segments; UDP does not.")
+        .await;
     drop(app);
     tokio::time::sleep(Duration::from_millis(300)).await;
 }

@@ -77,16 +77,6 @@ async fn eventually(
     }
 }
 
-async fn graded(app: &TestApp, token: &str, lecture: &str) {
-    eventually(
-        app,
-        &format!("/api/v1/lectures/{lecture}"),
-        Some(token),
-        |v| v["processing"] == "graded",
-    )
-    .await;
-}
-
 async fn user_id(app: &TestApp, token: &str) -> String {
     app.get_json("/api/v1/me", Some(token)).await["userId"]
         .as_str()
@@ -142,7 +132,7 @@ async fn an_erased_learner_leaves_no_plaintext_and_no_rows_and_ranks_are_recompu
             Some(json!({"topicId": TOPIC, "text": "Ben explains that UDP does not retransmit.", "language": "en"})),
         )
         .await;
-    graded(&app, &ben, typed["lectureId"].as_str().unwrap()).await;
+    app.graded(&ben, typed["lectureId"].as_str().unwrap()).await;
     let view = app
         .get_json(&format!("/api/v1/lectures/{lecture}"), Some(&ana))
         .await;

@@ -267,24 +267,6 @@ async fn every_limit_answers_429_with_retry_after_and_loses_nothing_accepted(db:
     }
 }
 
-/// The lecture's view once grading ended.
-async fn graded(app: &TestApp, token: &str, lecture: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let view = app
-            .get_json(&format!("/api/v1/lectures/{lecture}"), Some(token))
-            .await;
-        if view["processing"] == "graded" {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not graded in time: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the usage read model has applied everything in the log.
 async fn usage_caught_up(app: &TestApp) {
     let head = *app.state.store.committed().borrow();
@@ -332,7 +314,8 @@ async fn quotas_refuse_in_the_learners_language_until_midnight_by_the_clock(db: 
     for _ in 0..2 {
         let (status, _, body) = start_text(&app, &token, false).await;
         assert_eq!(status, 201, "{body}");
-        graded(&app, &token, body["lectureId"].as_str().unwrap()).await;
+        app.graded(&token, body["lectureId"].as_str().unwrap())
+            .await;
     }
     usage_caught_up(&app).await;
 
@@ -377,7 +360,9 @@ async fn quotas_refuse_in_the_learners_language_until_midnight_by_the_clock(db: 
 
     // The model's tokens: the fake reports usage for each grade; a quota below one grade's
     // tokens refuses the next lecture.
-    let grade = graded(&app, &token, body["lectureId"].as_str().unwrap()).await;
+    let grade = app
+        .graded(&token, body["lectureId"].as_str().unwrap())
+        .await;
     assert_eq!(grade["grade"]["grader"], "llm", "{grade}");
     usage_caught_up(&app).await;
     let used = app
@@ -440,7 +425,9 @@ async fn the_spending_guard_grades_with_the_rubric_once_the_budget_is_nearly_spe
 
     // The first grade is the model's, and it reports its tokens.
     let (_, _, body) = start_text(&app, &token, false).await;
-    let first = graded(&app, &token, body["lectureId"].as_str().unwrap()).await;
+    let first = app
+        .graded(&token, body["lectureId"].as_str().unwrap())
+        .await;
     assert_eq!(first["grade"]["grader"], "llm", "{first}");
     usage_caught_up(&app).await;
     let spend = app.state.quotas.spend().await.unwrap();
@@ -452,7 +439,9 @@ async fn the_spending_guard_grades_with_the_rubric_once_the_budget_is_nearly_spe
 
     // Past 90 % of the budget: the rubric grades, labelled, and the alert metric is up.
     let (_, _, body) = start_text(&app, &token, false).await;
-    let second = graded(&app, &token, body["lectureId"].as_str().unwrap()).await;
+    let second = app
+        .graded(&token, body["lectureId"].as_str().unwrap())
+        .await;
     assert_eq!(second["grade"]["grader"], "rubric", "{second}");
     assert_eq!(
         second["grade"]["fallbackReason"], "budget_guard",
@@ -474,7 +463,9 @@ async fn the_spending_guard_grades_with_the_rubric_once_the_budget_is_nearly_spe
     // A new day, a new budget: the model grades again.
     clock.advance(SignedDuration::from_hours(24));
     let (_, _, body) = start_text(&app, &token, false).await;
-    let third = graded(&app, &token, body["lectureId"].as_str().unwrap()).await;
+    let third = app
+        .graded(&token, body["lectureId"].as_str().unwrap())
+        .await;
     assert_eq!(third["grade"]["grader"], "llm", "{third}");
     assert_eq!(fake.chat_calls(), requests_before + 1);
 }

@@ -337,6 +337,43 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The lecture's view once grading ended (at most 30 s).
+    pub async fn graded(&self, token: &str, lecture: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let view = self
+                .get_json(&format!("/api/v1/lectures/{lecture}"), Some(token))
+                .await;
+            if view["processing"] == "graded" {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not graded in time: {view}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A text lecture on the starter catalogue's TCP topic, once graded; its id.
+    pub async fn graded_text_lecture(&self, token: &str, text: &str) -> String {
+        let created = self
+            .post_json(
+                "/api/v1/lectures",
+                token,
+                Some(serde_json::json!({
+                    "topicId": crate::live_support::TOPIC, "text": text, "language": "en"
+                })),
+            )
+            .await;
+        let id = created["lectureId"]
+            .as_str()
+            .expect("a lecture was created")
+            .to_owned();
+        self.graded(token, &id).await;
+        id
+    }
+
     /// GETs `path` (with a bearer token when given) and parses the JSON body.
     pub async fn get_json(&self, path: &str, token: Option<&str>) -> serde_json::Value {
         let mut request = self.http.get(self.url(path));
