@@ -120,6 +120,9 @@ pub enum Command {
         /// Why (kept in the log).
         #[arg(long)]
         reason: Option<String>,
+        /// Print every frame (grading, feedback deltas, the grade) as a JSON line instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Speak a WAV file into a live lecture on a server; print the live transcript and grade.
     Speak(crate::speak::SpeakArgs),
@@ -295,7 +298,11 @@ pub async fn main() -> anyhow::Result<()> {
             command: AudioCommand::Expire { days, json },
         } => expire_audio(&cli.config, days, json).await,
         Command::Loadgen(args) => crate::loadgen::run(args).await,
-        Command::Regrade { lecture, reason } => regrade(&cli.config, lecture, reason).await,
+        Command::Regrade {
+            lecture,
+            reason,
+            json,
+        } => regrade(&cli.config, lecture, reason, json).await,
         Command::Speak(args) => crate::speak::run(args).await,
         Command::FakeOpenai {
             listen,
@@ -770,13 +777,20 @@ async fn regrade(
     config: &Config,
     lecture: uuid::Uuid,
     reason: Option<String>,
+    json: bool,
 ) -> anyhow::Result<()> {
     let (db, store) = open_log(config).await?;
     let hub = Hub::new();
+    // Audio is sealed with its learner's key: read it through the keyring, as the server does.
+    let blobs = crate::blob::open(&config.blob_url())?;
+    let blobs = match store.vault() {
+        Some(vault) => crate::vault::SealedBlobs::wrap(blobs, vault.clone()),
+        None => blobs,
+    };
     let pipeline = Pipeline::new(
         db.clone(),
         store.clone(),
-        crate::blob::open(&config.blob_url())?,
+        blobs,
         hub.clone(),
         app::providers(config)?,
         app::pipeline_settings(config)?,
@@ -793,7 +807,11 @@ async fn regrade(
     let printer = async {
         let mut stdout = std::io::stdout();
         while let Ok(frame) = frames.recv().await {
+            if json {
+                println!("{}", frame.to_json());
+            }
             match &*frame {
+                ServerMessage::FeedbackDelta { .. } if json => {}
                 ServerMessage::FeedbackDelta { text, .. } => {
                     print!("{text}");
                     let _ = stdout.flush();
@@ -812,6 +830,7 @@ async fn regrade(
                             .unwrap_or_default()
                     );
                 }
+                ServerMessage::Graded { .. } if json => return Ok(()),
                 ServerMessage::Graded { score, .. } => {
                     println!("\nscore: {score} / 100");
                     return Ok(());

@@ -176,6 +176,16 @@ async fn step(inner: &Arc<Inner>, lecture: &Lecture, work: &mut Work) -> Result<
                     let audio = inner.blobs.get(&segment.blob_key).await.map_err(|e| {
                         ProviderError::local(format!("reading the segment's audio failed: {e}"))
                     })?;
+                    // What the provider hears is exactly what was recorded (not a corrupted,
+                    // replaced, or still sealed blob).
+                    {
+                        use sha2::Digest;
+                        if hex::encode(sha2::Sha256::digest(&audio)) != segment.sha256 {
+                            return Err(ProviderError::local(
+                                "the segment's audio does not match its recorded hash".to_owned(),
+                            ));
+                        }
+                    }
                     let hub = inner.hub.clone();
                     let on_delta = move |text: &str| {
                         hub.publish(

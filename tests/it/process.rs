@@ -651,3 +651,77 @@ async fn export_and_import_move_a_log_to_a_new_data_directory() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not empty"), "{stderr}");
 }
+
+/// `teachback regrade --json` beside a stopped server: a lecture whose audio was never
+/// transcribed (no speech-to-text then) is transcribed from its sealed audio and graded; every
+/// frame is a JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regrade_reads_sealed_audio_and_prints_json_frames() {
+    use crate::live_support::{TOPIC, Ws, chunks, speech};
+    use teachback::provider::fake::{FakeOpenAi, FakeOptions};
+
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = start(cwd.path(), free_port()).await;
+    let token = server.register().await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let mut ws = Ws::connect_to(&host, &token).await;
+    let lecture = ws.start_pcm(TOPIC).await;
+    let pieces = chunks(&speech(2_000, 2));
+    ws.send_chunks(1, &pieces).await;
+    ws.wait_ack(pieces.len() as u64).await;
+    ws.send_json(json!({"type": "finish"})).await;
+    let (state, _) = ws.until("state").await;
+    assert_eq!(state["state"], "finished");
+    drop(ws);
+    signal(&server.child, "-TERM");
+    assert!(server.child.wait().await.unwrap().success());
+    // The audio on disk is sealed.
+    let audio = cwd.path().join("data").join("audio");
+    let mut blobs = Vec::new();
+    let mut dirs = vec![audio];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                blobs.push(std::fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    assert!(!blobs.is_empty());
+    assert!(
+        blobs
+            .iter()
+            .all(|b| b.starts_with(teachback::vault::BLOB_MAGIC))
+    );
+
+    let fake = FakeOpenAi::start(FakeOptions {
+        stt_text: "TCP sets up a connection first.".into(),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let out = teachback(cwd.path())
+        .args(["regrade", &lecture, "--json", "--reason", "stt configured"])
+        .env("TEACHBACK_STT_URL", fake.base_url())
+        .env("TEACHBACK_LLM_URL", fake.base_url())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert!(kinds.contains(&"transcript"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"graded"), "{kinds:?}");
+}
