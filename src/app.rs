@@ -278,12 +278,30 @@ impl App {
             .with_graceful_shutdown(shutdown)
             .await
             .context("HTTP server")?;
+        // Shared lectures: their connections were just closed, so each actor stores what it
+        // received and lets its lecture go, for another instance to take over. Wait (bounded)
+        // for that before the database goes; what does not make it stays in the audio WAL.
+        if self.state.live.holder().is_some() {
+            let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+            while !self.state.live.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !self.state.live.is_empty() {
+                tracing::warn!(
+                    lectures = self.state.live.len(),
+                    "lectures not let go before shutdown; their audio stays in the WAL"
+                );
+            }
+        }
         self.state.store.flush().await;
         self.state.db.close().await;
         tracing::info!("shut down cleanly");
         Ok(())
     }
 }
+
+/// The longest a stopping server waits for its live lectures to be let go (several instances).
+const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// The speech-to-text and grading clients the configuration names.
 pub fn providers(config: &Config) -> anyhow::Result<Providers> {

@@ -99,21 +99,20 @@ impl Drop for Lease {
 }
 
 async fn try_acquire_pg(pool: &PgPool, name: &str) -> Result<Option<Lease>, sqlx::Error> {
-    // A connection of its own (not returned to the pool), so the lock lives exactly as long
-    // as this lease.
-    let mut conn = pool.acquire().await?.detach();
+    // Tried on a pooled connection (a refusal leaves it as it was); a granted lock keeps its
+    // connection out of the pool, so the lock lives exactly as long as this lease.
+    let mut pooled = pool.acquire().await?;
     let taken: bool = sqlx::query_scalar(
         "SELECT pg_try_advisory_lock(hashtextextended('teachback.lease:' || current_schema() \
          || ':' || $1, 0))",
     )
     .bind(name)
-    .fetch_one(&mut conn)
+    .fetch_one(&mut *pooled)
     .await?;
     if !taken {
-        use sqlx::Connection;
-        let _ = conn.close().await;
         return Ok(None);
     }
+    let mut conn = pooled.detach();
     let (lost_tx, lost) = oneshot::channel();
     let keeper = tokio::spawn(async move {
         loop {

@@ -466,3 +466,56 @@ async fn killing_the_projection_leader_hands_every_projection_over_without_gaps_
     drop(follower);
     db.cleanup().await;
 }
+
+/// A rolling deploy: the instance a learner is recording on is stopped (SIGTERM); it stores what
+/// it acknowledged and lets the lecture go before it exits, and the learner carries on through
+/// the other instance without losing or doubling audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lecture_survives_its_instance_being_stopped_for_a_deploy() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let url = schema_url(&db);
+    let blobs = root.path().join("audio");
+    let mut old = instance(&root.path().join("old"), &url, &blobs, None).await;
+    let new = instance(&root.path().join("new"), &url, &blobs, None).await;
+    let http = reqwest::Client::new();
+    let token = old.register().await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let audio = speech(4_000, 8);
+    let pieces = chunks(&audio);
+    let split = pieces.len() / 2;
+    let mut ws = Ws::connect_to(&host(&old), &token).await;
+    let lecture = ws.start_pcm(TOPIC).await;
+    ws.send_chunks(1, &pieces[..split]).await;
+    ws.wait_ack(split as u64).await;
+
+    // The deploy stops the old instance: the learner's socket is closed with 1012.
+    signal(&old.child, "-TERM");
+    assert_eq!(ws.closed().await, 1012);
+    let status = tokio::time::timeout(Duration::from_secs(30), old.child.wait())
+        .await
+        .expect("the old instance exits")
+        .unwrap();
+    assert!(status.success());
+
+    let mut ws = Ws::connect_to(&host(&new), &token).await;
+    ws.send_json(json!({"type": "reconnect", "lectureId": lecture}))
+        .await;
+    let (answer, _) = ws.until("reconnected").await;
+    assert_eq!(answer["lastSeq"], split as u64, "{answer}");
+    ws.send_chunks(split as u64 + 1, &pieces[split..]).await;
+    ws.wait_ack(pieces.len() as u64).await;
+    ws.send_json(json!({"type": "finish"})).await;
+    let (state, _) = ws.until("state").await;
+    assert_eq!(state["state"], "finished");
+    let (view, pcm) = stored_pcm_at(&http, &new.base, &token, &lecture).await;
+    assert_eq!(pcm, audio);
+    crate::live_support::assert_contiguous(&view, pieces.len() as u64);
+    drop(new);
+    drop(old);
+    db.cleanup().await;
+}
