@@ -285,6 +285,14 @@ impl Actor {
             }
         }
         self.live.remove(self.id(), self.owner());
+        // Before the lock goes (and another actor may take the lecture and write to the WAL
+        // under its id), this actor's WAL entries go.
+        if (self.status.is_terminal() || self.released) && !self.conflicted {
+            self.live.wal.forget(self.id());
+        }
+        if let Some(holder) = &self.live.holder {
+            holder.release(self.id()).await;
+        }
         // What was queued behind the end is refused, so no chunk goes unanswered.
         commands.close();
         while let Ok(command) = commands.try_recv() {
@@ -306,26 +314,22 @@ impl Actor {
                 }
                 Command::Control {
                     reply: Some(reply), ..
+                } if self.released => {
+                    let _ = reply.send(Err(released()));
+                }
+                Command::Control {
+                    reply: Some(reply), ..
                 } => {
                     let _ = reply.send(Err(ended()));
                 }
                 Command::Attach { reply, .. } if self.released => {
-                    let _ = reply.send(Err(LiveError::new(
-                        "lecture_released",
-                        "the lecture was let go; reconnect to take it over",
-                    )));
+                    let _ = reply.send(Err(released()));
                 }
                 Command::Attach { reply, .. } => {
                     let _ = reply.send(Err(ended()));
                 }
                 Command::Control { reply: None, .. } | Command::Detach { .. } => {}
             }
-        }
-        if (self.status.is_terminal() || self.released) && !self.conflicted {
-            self.live.wal.forget(self.id());
-        }
-        if let Some(holder) = &self.live.holder {
-            holder.release(self.id()).await;
         }
     }
 
@@ -789,6 +793,14 @@ impl Actor {
         }
         Ok(())
     }
+}
+
+/// The answer to what was queued for an actor that let its lecture go: the caller takes it over.
+fn released() -> LiveError {
+    LiveError::new(
+        "lecture_released",
+        "the lecture was let go; reconnect to take it over",
+    )
 }
 
 /// How a lecture ends when the learner did not simply ask.

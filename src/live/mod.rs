@@ -408,8 +408,10 @@ impl Live {
                 return Err(not_live());
             }
             match self.attach(&handle, conn.clone()).await {
-                // It let the lecture go while this reconnect waited: take it over below.
+                // It let the lecture go (or stopped) while this reconnect waited: where lectures
+                // are shared, take it over below (which finds out whether it ended).
                 Err(e) if e.code == "lecture_released" => {}
+                Err(e) if e.code == "lecture_ended" && self.inner.holder.is_some() => {}
                 other => return other,
             }
         }
@@ -583,16 +585,35 @@ impl Live {
         lecture: Uuid,
         action: lecture::Action,
     ) -> Option<Result<(), LiveError>> {
-        let handle = match self.get(lecture) {
-            Some(handle) => Some(handle).filter(|h| h.owner == user)?,
-            // Shared lectures: one let go (its learner left) is taken over to be ended here.
-            None if self.inner.holder.is_some() => match self.take_over(user, lecture).await {
-                Ok(handle) => handle,
-                Err(e) if e.code == "lecture_elsewhere" => return Some(Err(e)),
-                Err(_) => return None,
-            },
-            None => return None,
+        if let Some(handle) = self.get(lecture) {
+            if handle.owner != user {
+                return None;
+            }
+            match self.send_control(&handle, action).await {
+                // It let the lecture go (or stopped) meanwhile: take it over below, where that
+                // is how lectures are shared.
+                Some(Err(e)) if e.code == "lecture_released" => {}
+                None if self.inner.holder.is_some() => {}
+                answer => return answer,
+            }
+        }
+        // Shared lectures: one let go (its learner left) is taken over to be ended here.
+        if self.inner.holder.is_none() {
+            return None;
+        }
+        let handle = match self.take_over(user, lecture).await {
+            Ok(handle) => handle,
+            Err(e) if e.code == "lecture_elsewhere" => return Some(Err(e)),
+            Err(_) => return None,
         };
+        self.send_control(&handle, action).await
+    }
+
+    async fn send_control(
+        &self,
+        handle: &LectureHandle,
+        action: lecture::Action,
+    ) -> Option<Result<(), LiveError>> {
         let (reply, answer) = oneshot::channel();
         if !handle
             .send(Command::Control {
