@@ -598,9 +598,7 @@ impl Live {
             }
         }
         // Shared lectures: one let go (its learner left) is taken over to be ended here.
-        if self.inner.holder.is_none() {
-            return None;
-        }
+        self.inner.holder.as_ref()?;
         let handle = match self.take_over(user, lecture).await {
             Ok(handle) => handle,
             Err(e) if e.code == "lecture_elsewhere" => return Some(Err(e)),
