@@ -188,6 +188,12 @@ impl Vault {
 
     /// Whether the learner was erased.
     pub async fn is_erased(&self, user: Uuid) -> Result<bool, VaultError> {
+        // An erasure is final, and a live key is trusted for `KEY_TTL`, as when sealing.
+        match self.cached(user) {
+            Some(KeyState::Erased) => return Ok(true),
+            Some(KeyState::Live(_)) => return Ok(false),
+            None => {}
+        }
         let erased: Option<(Option<i64>,)> = with_pool!(&self.db, pool => {
             sqlx::query_as("SELECT erased_at FROM learner_keys WHERE user_id = $1")
                 .bind(user)
@@ -282,21 +288,27 @@ impl Vault {
         Ok(())
     }
 
+    /// Opens a personal field: a string, or a list of strings.
     async fn open_value(&self, value: &mut Value) -> Result<(), VaultError> {
         match value {
-            Value::String(s) => {
-                if let Some(opened) = self.open_str(s).await? {
-                    *s = opened;
-                }
-            }
+            Value::String(s) => self.open_in_place(s).await?,
             Value::Array(items) => {
                 for item in items.iter_mut() {
-                    Box::pin(self.open_value(item)).await?;
+                    if let Value::String(s) = item {
+                        self.open_in_place(s).await?;
+                    }
                 }
                 // Entries whose key is gone are dropped rather than left as empty strings.
                 items.retain(|v| v.as_str() != Some(""));
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    async fn open_in_place(&self, s: &mut String) -> Result<(), VaultError> {
+        if let Some(opened) = self.open_str(s).await? {
+            *s = opened;
         }
         Ok(())
     }

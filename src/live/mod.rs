@@ -397,12 +397,6 @@ impl Live {
         lecture: Uuid,
         conn: Conn,
     ) -> Result<Attached, LiveError> {
-        let not_live = || {
-            LiveError::new(
-                "lecture_not_live",
-                "no live lecture of yours has that id (it may have ended: see GET /api/v1/lectures/{id})",
-            )
-        };
         if let Some(handle) = self.get(lecture) {
             if handle.owner != user {
                 return Err(not_live());
@@ -460,10 +454,7 @@ impl Live {
         });
         let Some(folded) = folded else {
             holder.release(lecture).await;
-            return Err(LiveError::new(
-                "lecture_not_live",
-                "no live lecture of yours has that id (it may have ended: see GET /api/v1/lectures/{id})",
-            ));
+            return Err(not_live());
         };
         {
             let mut slots = self.inner.by_user.entry(user).or_default();
@@ -625,6 +616,15 @@ impl Live {
         }
         answer.await.ok()
     }
+}
+
+/// The answer to a reconnect to a lecture that is not live, not the learner's, or unknown (the
+/// same for all three).
+fn not_live() -> LiveError {
+    LiveError::new(
+        "lecture_not_live",
+        "no live lecture of yours has that id (it may have ended: see GET /api/v1/lectures/{id})",
+    )
 }
 
 /// Whether an append failure is a conflict (someone else wrote the lecture's stream).

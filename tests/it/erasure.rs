@@ -352,33 +352,23 @@ async fn audio_past_the_retention_is_deleted_and_the_deletion_recorded(db: &Test
         .unwrap();
     assert_eq!(before.status(), 200);
     let store = &app.state.store;
-    let all_blobs = &app.state.blobs;
+    // A retention run of 30 days, as of `at`.
+    let expire = async |at: jiff::Timestamp| {
+        let cutoff = teachback::erasure::cutoff(at, 30);
+        teachback::erasure::expire_audio(store, &app.state.blobs, cutoff, 30, &|_, _| {})
+            .await
+            .unwrap()
+    };
 
     // Nothing is older than 30 days.
     let now = jiff::Timestamp::now();
-    let kept = teachback::erasure::expire_audio(
-        store,
-        all_blobs,
-        teachback::erasure::cutoff(now, 30),
-        30,
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
+    let kept = expire(now).await;
     assert_eq!(kept, teachback::erasure::Expired::default());
     assert!(!files(blob_dir.path()).is_empty());
 
     // Thirty-one days later, everything is.
     let later = now + jiff::SignedDuration::from_hours(24 * 31);
-    let expired = teachback::erasure::expire_audio(
-        store,
-        all_blobs,
-        teachback::erasure::cutoff(later, 30),
-        30,
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
+    let expired = expire(later).await;
     assert_eq!(expired.lectures, 1);
     assert!(expired.blobs_deleted >= 1);
     assert!(files(blob_dir.path()).is_empty());
@@ -395,15 +385,7 @@ async fn audio_past_the_retention_is_deleted_and_the_deletion_recorded(db: &Test
         expired.blobs_deleted
     );
     // A second run finds nothing left to do.
-    let again = teachback::erasure::expire_audio(
-        store,
-        all_blobs,
-        teachback::erasure::cutoff(later, 30),
-        30,
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
+    let again = expire(later).await;
     assert_eq!(again, teachback::erasure::Expired::default());
     // The audio is gone, the grade stays.
     let after = app
